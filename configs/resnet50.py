@@ -1,0 +1,19 @@
+"""ReLICv2 pretraining of a ResNet-50 on ImageNet (1000 epochs, batch 4096).
+
+Command (TPU VM pod slice or GPU node; the same command on every host):
+  python -m relic.main --config=configs/resnet50.py --workdir=gs://BUCKET/relic_resnet50
+  Presets: configs/resnet50.py:epochs=300 or :epochs=100; a seconds-long CPU smoke run of the
+  same code paths: configs/resnet50.py:runlocal.
+Then linear evaluation:
+  python -m relic.main --config=configs/linear_probe.py --config.pretrained=gs://BUCKET/relic_resnet50 \
+      --workdir=gs://BUCKET/relic_resnet50_linear
+Expected: 77.1% ImageNet linear top-1 (ReLICv2 paper, the paper's headline result).
+Compute: about 140 GFLOPs per image per step (online forward+backward on 4x224 + 2x96
+  views, target forward on 4x224), 1.8e+20 FLOPs for 1000 epochs.
+"""
+
+from relic.config import imagenet_pretrain_config
+
+
+def get_config(arg=None):
+  return imagenet_pretrain_config(arg, depth=50, width_multiplier=1, name="resnet50")

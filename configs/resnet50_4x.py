@@ -1,0 +1,20 @@
+"""ReLICv2 pretraining of a ResNet-50 4x on ImageNet (1000 epochs, batch 4096).
+
+Command (TPU VM pod slice or GPU node; the same command on every host):
+  python -m relic.main --config=configs/resnet50_4x.py --workdir=gs://BUCKET/relic_resnet50_4x
+  Presets: configs/resnet50_4x.py:epochs=300 or :epochs=100; a seconds-long CPU smoke run of the
+  same code paths: configs/resnet50_4x.py:runlocal.
+Then linear evaluation:
+  python -m relic.main --config=configs/linear_probe.py --config.pretrained=gs://BUCKET/relic_resnet50_4x \
+      --workdir=gs://BUCKET/relic_resnet50_4x_linear
+Expected: 79.4% ImageNet linear top-1 (ReLICv2 paper).
+Compute: about 2244 GFLOPs per image per step (online forward+backward on 4x224 + 2x96
+  views, target forward on 4x224), 2.9e+21 FLOPs for 1000 epochs.
+  Memory: use --config.model.dtype=bfloat16 --config.model.remat=True on 16 GiB devices.
+"""
+
+from relic.config import imagenet_pretrain_config
+
+
+def get_config(arg=None):
+  return imagenet_pretrain_config(arg, depth=50, width_multiplier=4, name="resnet50_4x")

@@ -1,0 +1,207 @@
+"""The configuration schema shared by every job, and its validation.
+
+Every experiment config (``configs/*.py``) starts from :func:`base_config` and only overrides
+fields, so all jobs read the same names. The returned config is locked: a misspelled key fails
+with the list of the fields that exist, in a config file as on the command line.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from relic.data.config import data_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: ReLICv2 ResNet-50 on ImageNet (method.md); configs override what differs."""
+  config = ml_collections.ConfigDict()
+  config.job = "pretrain"
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict(dict(
+      depth=50,
+      width_multiplier=1,
+      stage_sizes=(),           # () = the depth's standard layout; e.g. (1, 1, 1, 1) for tests.
+      base_width=64,
+      small_images=False,       # CIFAR-style stem for ~32 px inputs.
+      dtype="float32",          # compute dtype: 'float32' or 'bfloat16'.
+      padding="torchvision",    # 'torchvision' or 'same' (Haiku/TF), see relic/models/resnet.py.
+      remat=False,
+      projector_hidden_dim=4096,
+      projector_output_dim=256,
+      predictor=False,          # BYOL-style predictor on the online branch.
+      predictor_hidden_dim=4096,
+  ))
+  config.loss = ml_collections.ConfigDict(dict(
+      temperature=0.1,
+      beta=1.0,                 # weight of the invariance (KL) term; 0 = InfoNCE.
+      num_negatives=0,          # 0 = the whole global batch; n > 0 samples n per anchor.
+  ))
+  config.ema = ml_collections.ConfigDict(dict(base_rate=0.996))
+  config.optim = ml_collections.ConfigDict(dict(
+      name="lars",              # 'lars', 'sgd', 'adamw'.
+      base_lr=0.2,              # scaled by batch_size / 256.
+      weight_decay=1.5e-6,
+      momentum=0.9,
+      trust_coefficient=1e-3,
+      warmup_epochs=10.0,
+  ))
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=4096,          # global batch, over all devices and processes.
+      num_epochs=1000.0,
+      num_steps=0,              # > 0 overrides num_epochs.
+      num_train_examples=0,     # 0 = the size of the training split.
+      log_every_steps=100,
+      checkpoint_every_steps=2000,
+      keep_checkpoints=3,       # the last N ...
+      keep_every_steps=0,       # ... plus every K-th step for good (0 = none).
+      eval_every_steps=5000,
+      nan_policy="stop",        # 'stop' or 'skip' (skip up to max_skipped_steps).
+      max_skipped_steps=10,
+  ))
+  config.data = data_config()
+  config.probe = ml_collections.ConfigDict(dict(
+      enabled=True,             # online linear probe on stop-gradient features.
+      lr=0.2,
+      num_classes=0,            # 0 = from the dataset.
+  ))
+  config.knn = ml_collections.ConfigDict(dict(
+      enabled=True,
+      k=20,
+      temperature=0.07,
+      num_train_examples=10_000,  # labelled bank size; 0 = the whole split.
+  ))
+  config.pretrained = ""        # evaluation jobs: relic workdir, checkpoint or DeepMind pickle.
+  config.lock()
+  return config
+
+
+def parse_config_arg(arg: str | None) -> dict[str, str]:
+  """Parses ``configs/NAME.py:ARG`` strings: 'runlocal', 'epochs=300', 'epochs=300,runlocal'."""
+  options: dict[str, str] = {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, value = item.partition("=")
+    options[key.strip()] = value.strip() if value else "true"
+  return options
+
+
+def check_config_args(options: dict[str, str], known: tuple[str, ...], config_name: str) -> None:
+  unknown = sorted(set(options) - set(known))
+  if unknown:
+    raise ValueError(f"{config_name}: unknown config argument(s) {unknown}; "
+                     f"this config accepts {list(known)} (e.g. 'configs/{config_name}.py:"
+                     f"{known[0] if known else ''}').")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; raised before any compute starts."""
+
+
+def _require(ok: bool, field: str, problem: str, fix: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}: {problem}. Fix: {fix}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields shared by every job; jobs check their own fields on top."""
+  from relic import jobs  # pylint: disable=import-outside-toplevel
+  from relic.models.resnet import PADDING_MODES, STAGE_SIZES
+
+  _require(config.job in jobs.JOBS, "job", f"unknown job {config.job!r}",
+           f"choose one of {sorted(jobs.JOBS)}")
+  m = config.model
+  _require(m.depth in STAGE_SIZES, "model.depth", f"unsupported depth {m.depth}",
+           f"choose one of {sorted(STAGE_SIZES)}")
+  _require(m.width_multiplier >= 1, "model.width_multiplier",
+           f"must be >= 1, got {m.width_multiplier}", "use 1, 2 or 4")
+  _require(not m.stage_sizes or (len(m.stage_sizes) == 4 and min(m.stage_sizes) >= 1),
+           "model.stage_sizes", f"must be () or four positive block counts, got {m.stage_sizes}",
+           "e.g. (1, 1, 1, 1)")
+  _require(m.dtype in ("float32", "bfloat16"), "model.dtype", f"unknown dtype {m.dtype!r}",
+           "choose 'float32' or 'bfloat16'")
+  _require(m.padding in PADDING_MODES, "model.padding", f"unknown padding {m.padding!r}",
+           f"choose one of {PADDING_MODES}")
+  _require(config.loss.temperature > 0, "loss.temperature",
+           f"must be > 0, got {config.loss.temperature}", "use e.g. 0.1")
+  _require(config.loss.beta >= 0, "loss.beta", f"must be >= 0, got {config.loss.beta}",
+           "use 1.0, or 0 for pure InfoNCE")
+  _require(config.loss.num_negatives >= 0, "loss.num_negatives",
+           f"must be >= 0, got {config.loss.num_negatives}",
+           "use 0 for the whole batch or a positive count")
+  _require(0.0 <= config.ema.base_rate <= 1.0, "ema.base_rate",
+           f"must be in [0, 1], got {config.ema.base_rate}", "use e.g. 0.996")
+  _require(config.train.batch_size > 0, "train.batch_size",
+           f"must be > 0, got {config.train.batch_size}", "use a positive global batch size")
+  _require(config.train.num_steps > 0 or config.train.num_epochs > 0, "train.num_epochs",
+           "neither num_epochs nor num_steps is positive", "set one of them")
+  d = config.data
+  _require(d.source in ("tfds", "folder", "builtin"), "data.source",
+           f"unknown source {d.source!r}", "choose 'tfds', 'folder' or 'builtin'")
+  _require(0.0 <= d.mask_prob <= 1.0, "data.mask_prob",
+           f"must be a probability in [0, 1], got {d.mask_prob}", "use e.g. 0.1, or 0 to disable")
+  for group in ("large", "small"):
+    v = d.views[group]
+    _require(v.num >= 0, f"data.views.{group}.num", f"must be >= 0, got {v.num}",
+             "use a non-negative count")
+    _require(v.size > 0, f"data.views.{group}.size", f"must be > 0, got {v.size}",
+             "use a positive size in pixels")
+    _require(0 < v.min_scale <= v.max_scale <= 1, f"data.views.{group}.min_scale",
+             f"need 0 < min_scale <= max_scale <= 1, got ({v.min_scale}, {v.max_scale})",
+             "use e.g. (0.08, 1.0)")
+    _require(v.presets and set(v.presets) <= set("AB"), f"data.views.{group}.presets",
+             f"must be a string of 'A'/'B', got {v.presets!r}", "use e.g. 'AB'")
+  _require(d.views.large.num >= 1, "data.views.large.num",
+           "at least one large view is needed (the target network sees only large views)",
+           "set data.views.large.num >= 1")
+
+
+# Epoch presets from the BYOL/ReLICv2 code family (method.md section 4):
+# epochs -> (base learning rate, weight decay, EMA base rate).
+EPOCH_PRESETS = {1000: (0.2, 1.5e-6, 0.996), 300: (0.3, 1e-6, 0.99), 100: (0.45, 1e-6, 0.99)}
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def apply_runlocal(config: ml_collections.ConfigDict) -> None:
+  """Shrinks any pretraining config to a seconds-long CPU run on the built-in dataset.
+
+  Keeps every code path (views, masking, probe, kNN, checkpoints) but with a tiny ResNet.
+  """
+  config.model.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, small_images=True,
+                           projector_hidden_dim=64, projector_output_dim=32,
+                           predictor_hidden_dim=64))
+  config.data.source = "builtin"
+  config.data.builtin.update(dict(num_train=512, num_test=256, image_size=32))
+  config.data.views.large.size = 32
+  config.data.views.small.size = 16
+  config.data.shuffle_buffer = 512
+  config.train.update(dict(batch_size=64, num_steps=20, log_every_steps=5,
+                           checkpoint_every_steps=10, eval_every_steps=10))
+  config.optim.warmup_epochs = 0.5
+  config.knn.num_train_examples = 256
+
+
+def imagenet_pretrain_config(arg: str | None, *, depth: int, width_multiplier: int,
+                             name: str) -> ml_collections.ConfigDict:
+  """ReLICv2 ImageNet pretraining of one encoder; ``arg``: 'epochs=N' (1000/300/100), 'runlocal'."""
+  options = parse_config_arg(arg)
+  check_config_args(options, ("epochs", "runlocal"), name)
+  epochs = int(options.get("epochs", 1000))
+  if epochs not in EPOCH_PRESETS:
+    raise ValueError(f"{name}: no preset for epochs={epochs}; choose one of "
+                     f"{sorted(EPOCH_PRESETS)} or override config.train.num_epochs and the "
+                     "optimiser fields directly.")
+  base_lr, weight_decay, ema = EPOCH_PRESETS[epochs]
+  config = base_config()
+  config.model.depth = depth
+  config.model.width_multiplier = width_multiplier
+  config.train.num_epochs = float(epochs)
+  config.train.num_train_examples = IMAGENET_TRAIN_EXAMPLES
+  config.optim.update(dict(base_lr=base_lr, weight_decay=weight_decay))
+  config.ema.base_rate = ema
+  config.data.dataset = "imagenet2012"
+  if "runlocal" in options:
+    apply_runlocal(config)
+  return config

@@ -1,0 +1,33 @@
+"""The ``config.data`` section: where images come from and how views are cut from them."""
+
+import ml_collections
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Defaults follow ../method.md section 1 (4x224 large + 2x96 small views, p_m = 0.1)."""
+  return ml_collections.ConfigDict(dict(
+      # 'tfds' (any tfds image dataset), 'folder' (a directory of images) or 'builtin'
+      # (the generated shapes dataset: no download).
+      source="tfds",
+      dataset="imagenet2012",
+      data_dir="",            # tfds data_dir; '' = tfds default (~/tensorflow_datasets).
+      path="",                # image folder for source='folder'.
+      mask_path="",           # parallel folder of saliency masks (same relative paths).
+      train_split="train",
+      eval_split="validation",
+      # Views (method.md section 1). Presets cycle over a group's views: 'AB' -> A, B, A, B.
+      views=dict(
+          large=dict(num=4, size=224, min_scale=0.08, max_scale=1.0, presets="AB"),
+          small=dict(num=2, size=96, min_scale=0.05, max_scale=0.14, presets="AB"),
+      ),
+      mask_prob=0.1,          # p_m: probability a large view is cut from the masked image.
+      mask_fill=0.0,          # value of removed background pixels.
+      # Photometric augmentation inside the jitted step (True) or in tf.data on the host.
+      augment_on_device=True,
+      fake=False,             # synthetic batches: measure the step without the pipeline.
+      shuffle_buffer=10_000,
+      num_threads=0,          # tf.data threads per host; 0 = AUTOTUNE.
+      prefetch_to_device=2,
+      # Built-in dataset (source='builtin').
+      builtin=dict(num_train=10_000, num_test=2_000, image_size=64, seed=0),
+  ))

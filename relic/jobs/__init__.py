@@ -1,0 +1,16 @@
+"""Jobs selected by ``config.job``; each module exposes ``run(config, workdir)``.
+
+Modules are imported on demand so that a job's heavy dependencies load only when it runs.
+"""
+
+import importlib
+
+JOBS = {
+    "pretrain": "relic.jobs.pretrain",
+}
+
+
+def get_job(name: str):
+  if name not in JOBS:
+    raise ValueError(f"Unknown job {name!r}; choose one of {sorted(JOBS)}.")
+  return importlib.import_module(JOBS[name])

@@ -1,0 +1,61 @@
+"""Entry point: ``python -m relic.main --config=configs/NAME.py[:ARG] --workdir=DIR``.
+
+Parses the ml_collections config (``--config.a.b=value`` overrides any field), starts JAX's
+distributed runtime when several processes take part, validates the config before any compute,
+writes it into the workdir and runs the job named by ``config.job``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# TensorFlow only feeds the input pipeline: it must never take accelerator memory.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from relic import distributed  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/quickstart.py or configs/resnet50.py:epochs=300.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str) -> None:
+  """Validates ``config`` and runs its job in ``workdir`` (also usable from Python)."""
+  from relic import config as config_lib  # pylint: disable=import-outside-toplevel
+  from relic import jobs, workdir as workdir_lib
+
+  config_lib.validate(config)
+  job = jobs.get_job(config.job)
+  if hasattr(job, "validate"):
+    job.validate(config)
+  workdir_lib.write_config(config, workdir)
+  logging.info("Job %s in %s with config:\n%s", config.job, workdir, config)
+  job.run(config, workdir)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from relic.config import ConfigError  # pylint: disable=import-outside-toplevel
+  distributed.hide_accelerators_from_tensorflow()
+  distributed.maybe_initialize()
+  try:
+    run(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as e:
+    # A bad config is the user's to fix: say what and how, without a stack trace.
+    logging.error("%s", e)
+    raise SystemExit(f"relic: invalid config: {e}") from None
+
+
+def cli() -> None:
+  """Console script ``relic``, identical to ``python -m relic.main``."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,0 +1,10 @@
+"""Test set-up: 8 simulated CPU devices so sharding code runs as on a real 8-device host."""
+
+import os
+
+# Must happen before JAX is imported anywhere.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
