@@ -1,6 +1,8 @@
 """Encoders and heads."""
 
 from relic.models.heads import MLP, LinearHead
-from relic.models.resnet import ResNet, STAGE_SIZES, feature_dim
+from relic.models.pretrain import RelicNetwork, encoder_from_config, networks_from_config
+from relic.models.resnet import STAGE_SIZES, ResNet, feature_dim
 
-__all__ = ["ResNet", "MLP", "LinearHead", "STAGE_SIZES", "feature_dim"]
+__all__ = ["ResNet", "MLP", "LinearHead", "RelicNetwork", "STAGE_SIZES", "feature_dim",
+           "encoder_from_config", "networks_from_config"]
