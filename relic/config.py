@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
       momentum=0.9,
       trust_coefficient=1e-3,
       warmup_epochs=10.0,
+      nesterov=False,           # 'sgd' only: Nesterov momentum (linear evaluation uses it).
   ))
   config.train = ml_collections.ConfigDict(dict(
       batch_size=4096,          # global batch, over all devices and processes.
@@ -56,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,       # the last N ...
       keep_every_steps=0,       # ... plus every K-th step for good (0 = none).
       eval_every_steps=5000,
+      fsdp=False,               # shard parameters + optimizer state over the data axis.
       nan_policy="stop",        # 'stop' or 'skip' (skip up to max_skipped_steps).
       max_skipped_steps=10,
   ))
@@ -70,6 +72,15 @@ def base_config() -> ml_collections.ConfigDict:
       k=20,
       temperature=0.07,
       num_train_examples=10_000,  # labelled bank size; 0 = the whole split.
+  ))
+  config.final_eval = ml_collections.ConfigDict(dict(
+      # After pretraining: linear classifier + kNN on frozen features, next to a random-init
+      # encoder of the same architecture; written to results.json / results.md.
+      enabled=False,
+      num_train_examples=10_000,  # train-split examples used (0 = all).
+      num_test_examples=0,        # eval-split examples used (0 = all).
+      extra_splits=(),            # more splits to report, e.g. ('test_ood',).
+      compare_random_init=True,
   ))
   config.pretrained = ""        # evaluation jobs: relic workdir, checkpoint or DeepMind pickle.
   config.lock()
@@ -131,6 +142,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.loss.num_negatives >= 0, "loss.num_negatives",
            f"must be >= 0, got {config.loss.num_negatives}",
            "use 0 for the whole batch or a positive count")
+  _require(config.optim.name in ("lars", "sgd", "adamw"), "optim.name",
+           f"unknown optimiser {config.optim.name!r}", "choose 'lars', 'sgd' or 'adamw'")
+  _require(config.optim.base_lr >= 0, "optim.base_lr", f"must be >= 0, got {config.optim.base_lr}",
+           "use e.g. 0.2")
   _require(0.0 <= config.ema.base_rate <= 1.0, "ema.base_rate",
            f"must be in [0, 1], got {config.ema.base_rate}", "use e.g. 0.996")
   _require(config.train.batch_size > 0, "train.batch_size",

@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: feature extraction, kNN, linear classifiers on features."""
