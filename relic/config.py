@@ -82,6 +82,68 @@ def base_config() -> ml_collections.ConfigDict:
       extra_splits=(),            # more splits to report, e.g. ('test_ood',).
       compare_random_init=True,
   ))
+  # Evaluation jobs (method.md section 5); each reads config.pretrained.
+  config.linear_probe = ml_collections.ConfigDict(dict(
+      # Official ReLICv2 linear evaluation: frozen encoder (BN in inference mode), one linear
+      # layer, SGD + Nesterov momentum, cosine to 0, no weight decay.
+      batch_size=1024,          # global batch of the head's SGD and of evaluation.
+      num_epochs=100.0,
+      # Base rates (x batch_size / 256) trained side by side in one pass; the one with the best
+      # hold-out top-1 is reported. 0.3 is the official value; a single value = no sweep.
+      lr_grid=(0.1, 0.2, 0.3, 0.5, 1.0),
+      momentum=0.9,             # Nesterov.
+      weight_decay=0.0,
+      holdout_examples=10_000,  # train[:N] selects the rate, train[N:] trains; 0 = no hold-out.
+      image_size=224,           # test: resize short side to size*256/224, centre crop.
+      train_augment=True,       # random-resized crop + flip; False = centre crops.
+      precompute_features=False,  # needs train_augment=False: encode once, train on the cache.
+      log_every_steps=100,
+      checkpoint_every_steps=1000,
+  ))
+  config.finetune = ml_collections.ConfigDict(dict(
+      # The whole network + a linear head; BN in train mode with global batch statistics.
+      subset="full",            # '1pct' / '10pct' labelled subsets (semi-supervised) or 'full'.
+      label_fraction=0.0,       # sources without SimCLR's lists: class-balanced fraction of the
+                                # train split; 0 = from subset (1pct -> 0.01, 10pct -> 0.1).
+      subset_seed=0,            # fixes which examples a label_fraction subset holds.
+      batch_size=1024,
+      num_epochs=30.0,          # [recon] SimCLR: 60 for 1pct, 30 for 10pct (configs/finetune.py).
+      base_lr=0.05,             # x batch_size / 256 [recon, SimCLR's fine-tuning rate].
+      lr_grid=(),               # base rates to sweep (one full run each); () = base_lr only.
+      holdout_examples=0,       # sweep: first N train examples score the rates (0 = 10%).
+      head_lr_multiplier=1.0,   # the new head's rate relative to the encoder's.
+      momentum=0.9,             # Nesterov.
+      weight_decay=0.0,
+      warmup_epochs=0.0,
+      image_size=224,
+      log_every_steps=100,
+      checkpoint_every_steps=1000,
+      keep_checkpoints=2,
+  ))
+  config.transfer = ml_collections.ConfigDict(dict(
+      # Names from relic/jobs/eval_transfer_datasets.py, or 'tfds_name:train_split:test_split'.
+      datasets=("food101", "cifar10", "cifar100", "caltech_birds2011", "sun397", "cars196",
+                "dtd", "oxford_iiit_pet", "caltech101", "oxford_flowers102"),
+      protocols=("linear",),    # 'linear' (frozen features) and/or 'finetune' (config.finetune).
+      image_size=224,
+      batch_size=256,           # global batch of feature extraction.
+      l2_grid=(),               # logistic-regression L2 strengths; () = 1e-6 ... 1.
+      val_fraction=0.2,         # of train, held out to choose the L2 strength.
+      max_iter=1000,            # L-BFGS iterations per fit.
+      num_train_examples=0,     # cap on train examples per dataset (0 = all).
+  ))
+  config.robustness = ml_collections.ConfigDict(dict(
+      # The ImageNet linear head of a linear_probe run, no fine-tuning, on shifted test sets.
+      probe="",                 # linear_probe workdir (its probe_head.npz + probe_head.json).
+      # Names from relic/jobs/eval_robustness_sets.py or 'dataset:split' ('' = data.dataset);
+      # () = the suite of data.source: built-in -> test + test_ood; else the ImageNet suite.
+      datasets=(),
+      corruptions=(),           # ImageNet-C corruptions; () = the 15 benchmark ones.
+      severities=(1, 2, 3, 4, 5),
+      batch_size=1024,          # global eval batch.
+      image_size=0,             # 0 = the probe's.
+      max_examples=0,           # per test set, for quick looks (0 = all).
+  ))
   config.pretrained = ""        # evaluation jobs: relic workdir, checkpoint or DeepMind pickle.
   config.lock()
   return config
@@ -188,11 +250,12 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
                            projector_hidden_dim=64, projector_output_dim=32,
                            predictor_hidden_dim=64))
   config.data.source = "builtin"
+  config.data.eval_split = "test"
   config.data.builtin.update(dict(num_train=512, num_test=256, image_size=32))
   config.data.views.large.size = 32
   config.data.views.small.size = 16
   config.data.shuffle_buffer = 512
-  config.train.update(dict(batch_size=64, num_steps=20, log_every_steps=5,
+  config.train.update(dict(batch_size=64, num_steps=20, num_train_examples=0, log_every_steps=5,
                            checkpoint_every_steps=10, eval_every_steps=10))
   config.optim.warmup_epochs = 0.5
   config.knn.num_train_examples = 256

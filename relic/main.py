@@ -38,10 +38,23 @@ def run(config, workdir: str) -> None:
   job.run(config, workdir)
 
 
+def _quiet_checkpoint_library_logs() -> None:
+  """Orbax logs every file operation at INFO; keep its warnings and errors, drop the rest, so
+  the console shows the run's own progress lines."""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+
+  class _Filter(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+      return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+  logging.get_absl_handler().addFilter(_Filter())
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from relic.config import ConfigError  # pylint: disable=import-outside-toplevel
+  _quiet_checkpoint_library_logs()
   distributed.hide_accelerators_from_tensorflow()
   distributed.maybe_initialize()
   try:

@@ -1,0 +1,44 @@
+"""Quickstart: ReLICv2 on the built-in shapes dataset, on a laptop CPU, in minutes.
+
+Command:
+  python -m relic.main --config=configs/quickstart.py --workdir=/tmp/relic_quickstart
+What it does: generates the built-in dataset (10,000 train / 2,000 test / 2,000 out-of-
+distribution images of 64 px, cached after the first run), pretrains a small ResNet with the
+ReLICv2 objective (2 large 32 px + 2 small 16 px views, saliency masking with the dataset's
+ground-truth masks), then fits a linear classifier and a kNN classifier on the frozen features
+of the pretrained encoder and of a random-init encoder of the same architecture, and prints and
+writes results.json / results.md into the workdir.
+Expected: see the README's quickstart table (probe top-1 of the pretrained encoder at least 20
+points above the random-init encoder) in about 10 minutes on 2 CPU cores.
+"""
+
+from relic.config import base_config, check_config_args, parse_config_arg
+
+
+def get_config(arg=None):
+  options = parse_config_arg(arg)
+  check_config_args(options, ("runlocal",), "quickstart")
+  config = base_config()
+  config.model.update(dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=32,
+                           small_images=True, projector_hidden_dim=512,
+                           projector_output_dim=128, predictor_hidden_dim=512))
+  config.loss.update(dict(temperature=0.2, beta=1.0))
+  config.ema.base_rate = 0.99
+  config.optim.update(dict(name="adamw", base_lr=2e-3, weight_decay=1e-4, warmup_epochs=1.0))
+  config.data.update(dict(source="builtin", train_split="train", eval_split="test",
+                          mask_prob=0.1, shuffle_buffer=10_000))
+  config.data.builtin.update(dict(num_train=10_000, num_test=2_000, image_size=64))
+  config.data.views.large.update(dict(num=2, size=32, min_scale=0.25, max_scale=1.0))
+  config.data.views.small.update(dict(num=2, size=16, min_scale=0.1, max_scale=0.35))
+  config.train.update(dict(batch_size=256, num_epochs=12.0, num_train_examples=0,
+                           log_every_steps=20, checkpoint_every_steps=200,
+                           eval_every_steps=0))
+  config.probe.lr = 0.1
+  config.knn.num_train_examples = 10_000
+  config.final_eval.update(dict(enabled=True, num_train_examples=10_000,
+                                extra_splits=("test_ood",)))
+  if "runlocal" in options:
+    config.data.builtin.update(dict(num_train=512, num_test=256))
+    config.train.update(dict(batch_size=64, num_epochs=1.0, log_every_steps=2))
+    config.final_eval.num_train_examples = 512
+  return config

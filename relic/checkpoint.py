@@ -1,0 +1,507 @@
+"""Checkpoints of a run in ``WORKDIR/checkpoints/STEP``: save, restore, resume checks, encoder export.
+
+Each step directory is an Orbax composite of two items:
+  * ``state``: the train state pytree (``StandardSave``), sharded arrays written by every
+    process in parallel, restored straight into the shardings of the caller's target;
+  * ``meta``: a JSON document (``JsonSave``) with what is not an array: the run's config under
+    ``"config"``, the data position, RNG info, anything the job adds.
+
+Guarantees, and how they are obtained:
+  * A checkpoint is complete or absent. Orbax writes into ``STEP.orbax-checkpoint-tmp*`` and
+    renames it when every item is written (a commit file on object stores); a job killed
+    mid-write leaves only a temporary directory, which is never listed as a step and is cleaned
+    up the next time a :class:`Checkpointer` opens the directory.
+  * Old checkpoints are deleted only after the new one is committed (Orbax's finalize runs the
+    retention policy after the commit), so the last good checkpoint survives a failed save.
+  * A committed checkpoint that cannot be read back (truncated or deleted file: a full disk at
+    the wrong moment, a bad copy) is skipped with a warning and the previous step restored; the
+    bad step is moved to ``WORKDIR/checkpoints_corrupt/`` so the resumed run can save that step
+    number again. All processes agree on the step restored (each reads only its own shards, so
+    a bad file may fail on one process only).
+  * A failed save (full disk, no permission) raises :class:`CheckpointSaveError` naming the
+    directory, the step and the cause; nothing is half-committed, and the error propagates
+    (asynchronous errors surface at the next ``save``, ``wait`` or ``close``).
+
+The train state convention shared with the jobs: a dict with ``online_params``,
+``online_batch_stats``, ``target_params``, ``target_batch_stats``, ``opt_state``,
+``probe_params``, ``probe_opt_state``, ``step``, ``rng``; the encoder is
+``online_params['encoder']`` / ``online_batch_stats['encoder']``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from relic.config import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"
+STATE_ITEM = "state"
+META_ITEM = "meta"
+ENCODER = "encoder"
+
+# Fields that define the experiment. Resuming with a different value would continue a run that
+# is no longer the one the checkpoint belongs to (different model, objective, data, optimiser
+# trajectory or schedule length), silently. Patterns are matched against dotted field names.
+CRITICAL_FIELDS = (
+    "job",
+    "seed",
+    "model.*",
+    "loss.*",
+    "optim.*",
+    "ema.*",
+    "data.source",
+    "data.dataset",
+    "data.train_split",
+    "data.mask_prob",
+    "data.mask_fill",
+    "data.views.*",
+    "data.builtin.*",
+    "train.batch_size",
+    "train.num_epochs",
+    "train.num_steps",
+    "train.num_train_examples",   # sets the schedule length when training is given in epochs.
+    "probe.enabled",              # the probe head is part of the train state ...
+    "probe.num_classes",          # ... and its shape.
+    "pretrained",                 # evaluation jobs: the encoder they start from.
+    # Plus the section named after the job, if there is one (e.g. ``finetune.*`` when
+    # ``job='finetune'``): an evaluation job's own optimiser, batch and duration.
+)
+# Inside the critical groups but without effect on the computed values: rematerialisation
+# trades memory for FLOPs (a resumed run on a smaller accelerator may need it); cadences and
+# retention of a job's own section.
+NOT_CRITICAL = ("model.remat", "*.log_every_steps", "*.checkpoint_every_steps",
+                "*.eval_every_steps", "*.keep_checkpoints", "*.keep_every_steps")
+# Everything else may change on resume: logging / evaluation / checkpoint cadence, retention,
+# parameter sharding (train.fsdp: restore re-shards), data paths and reader threads, NaN
+# policy, kNN settings, the sections of other jobs.
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the previous checkpoints are untouched."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """No checkpoint of the requested step(s) could be read back."""
+
+
+def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
+  return epath.Path(workdir) / CHECKPOINT_DIR
+
+
+def config_to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  """The config as plain JSON types (tuples become lists), the form stored in ``meta``."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort())
+  return json.loads(json.dumps(dict(config), default=str))
+
+
+def _abstract(leaf: Any) -> Any:
+  """A restore target leaf: arrays become shape/dtype/sharding descriptions, the rest stays."""
+  if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
+    return ocp.utils.to_shape_dtype_struct(leaf)
+  return leaf
+
+
+def _all_processes(ok: bool) -> bool:
+  """True iff ``ok`` on every process (a collective when there are several)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+class Checkpointer:
+  """Orbax ``CheckpointManager`` for one run, keeping the last ``keep`` checkpoints plus every
+  ``keep_every_steps``-th step for good.
+
+  Every process calls every method (Orbax writes each process's shards and coordinates the
+  primary host's metadata). The caller decides when to save: the step cadence is a pure
+  function of the step in the train loop, and :meth:`save` saves whenever asked.
+  """
+
+  def __init__(self, workdir: str | epath.PathLike, *, keep: int, keep_every_steps: int = 0,
+               async_save: bool = True):
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1 (the latest checkpoint is needed to resume), got {keep}")
+    self._workdir = epath.Path(workdir)
+    self._directory = checkpoint_dir(workdir)
+    self._keep = keep
+    self._keep_every_steps = keep_every_steps
+    self._async_save = async_save
+    self._pending_step: int | None = None
+    self._failure: CheckpointSaveError | None = None
+    self._manager = self._open(cleanup_tmp=True)
+
+  @classmethod
+  def from_config(cls, workdir: str | epath.PathLike, config: ml_collections.ConfigDict,
+                  **kwargs) -> "Checkpointer":
+    """Retention from ``config.train.keep_checkpoints`` / ``keep_every_steps``."""
+    return cls(workdir, keep=config.train.keep_checkpoints,
+               keep_every_steps=config.train.keep_every_steps, **kwargs)
+
+  def _open(self, cleanup_tmp: bool) -> ocp.CheckpointManager:
+    policies = [ocp.checkpoint_managers.LatestN(self._keep)]
+    if self._keep_every_steps > 0:
+      policies.append(ocp.checkpoint_managers.EveryNSteps(self._keep_every_steps))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=self._async_save,
+        cleanup_tmp_directories=cleanup_tmp,
+        create=True,
+    )
+    try:
+      return ocp.CheckpointManager(self._directory, options=options,
+                                   item_names=(STATE_ITEM, META_ITEM))
+    except OSError as e:
+      raise CheckpointSaveError(
+          f"Cannot create the checkpoint directory {self._directory}: {type(e).__name__}: {e}. "
+          "Fix: pass a --workdir that is a writable directory.") from e
+
+  @property
+  def directory(self) -> epath.Path:
+    return self._directory
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest committed step, or None in a fresh workdir."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, *, extra_json: Mapping[str, Any] | None = None,
+           force: bool = False) -> bool:
+    """Starts writing ``state`` (and ``extra_json``) as step ``step``; returns once the device
+    arrays are copied, the write continues in the background when ``async_save``.
+
+    Args:
+      step: the train state's step.
+      state: pytree of (possibly sharded) arrays.
+      extra_json: JSON-serialisable metadata: ``{"config": config_to_json(config), ...}``.
+      force: also save a step older than the latest one (Orbax skips those otherwise).
+
+    Returns:
+      False if the step was not written because it already exists (e.g. a preemption save
+      right after the periodic one) or is older than the latest without ``force``.
+
+    Raises:
+      CheckpointSaveError: this save, or the previous asynchronous one, failed.
+      TypeError: ``extra_json`` is not JSON-serialisable (checked here, not in the writer).
+    """
+    meta = dict(extra_json or {})
+    try:
+      json.dumps(meta)
+    except (TypeError, ValueError) as e:
+      raise TypeError(f"extra_json of checkpoint step {step} is not JSON-serialisable: {e}") from e
+    self.wait()
+    if self._failure is not None:
+      raise CheckpointSaveError(f"Not saving step {step}: an earlier save failed ({self._failure}). "
+                                "Stop the job and rerun it once the cause is fixed.")
+    if step in self.all_steps():
+      logging.info("Checkpoint step %d already exists in %s; not saving it again.", step,
+                   self._directory)
+      return False
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(
+          **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}),
+          force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(step, e) from e
+    if saved:
+      self._pending_step = step
+      if not self._async_save:
+        self._pending_step = None
+    return saved
+
+  def wait(self) -> None:
+    """Blocks until the background write (if any) is committed.
+
+    Raises:
+      CheckpointSaveError: the background write failed.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      step, self._pending_step = self._pending_step, None
+      raise self._failed(step, e) from e
+    self._pending_step = None
+
+  def close(self) -> None:
+    """Waits for the last write, then releases Orbax's threads. Call it before exiting."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, exc_type, exc, traceback) -> None:
+    if exc_type is None:
+      self.close()
+      return
+    # Already unwinding from an error: a failing last write is logged, not raised over it.
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("Closing the checkpointer of %s while handling %s failed.",
+                        self._directory, exc_type.__name__)
+
+  def _failed(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+    """Records a failed save and reopens the manager from what is on disk.
+
+    Orbax drops the failed step and the steps it was about to delete from its in-memory list
+    before the write completes, and re-raises a failed background write at every later wait; a
+    fresh manager lists exactly the committed steps, so ``latest_step`` and ``restore`` stay
+    right. Later saves are refused: the failed step's other items may still be writing into
+    its temporary directory (Orbax stops waiting at the first failed item), and the job is
+    expected to stop. Temporary directories are cleaned up when the next run opens the
+    directory.
+    """
+    try:
+      self._manager.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the failure is being raised already; close() would only raise it again.
+    self._manager = self._open(cleanup_tmp=False)
+    self._failure = CheckpointSaveError(self._save_failure_message(step, error))
+    return self._failure
+
+  def _save_failure_message(self, step: int | None, error: BaseException) -> str:
+    latest = self.latest_step()
+    previous = (f"the previous checkpoint (step {latest}) is intact" if latest is not None
+                else "no earlier checkpoint exists")
+    which = f"step {step}" if step is not None else "the last step"
+    return (f"Saving checkpoint {which} in {self._directory} failed: {type(error).__name__}: "
+            f"{error}. Nothing was committed for that step and {previous}. Fix the cause "
+            "(free disk space, fix permissions or the --workdir path) and rerun the same command "
+            "to resume.")
+
+  def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Restores a checkpoint into the structure, dtypes and shardings of ``target``.
+
+    Args:
+      target: pytree like the saved state, of arrays or ``jax.ShapeDtypeStruct`` s (with
+        ``sharding`` to restore sharded ``jax.Array`` s; leaves without one come back as numpy).
+      step: a specific step; None = the latest that can be read, falling back to older steps
+        (with a warning) when the latest is corrupt.
+
+    Returns:
+      ``(state, extra_json)``.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint.
+      CheckpointRestoreError: the requested step, or every step, cannot be read.
+    """
+    self.wait()
+    abstract = jax.tree.map(_abstract, target)
+    args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract),
+                                 META_ITEM: ocp.args.JsonRestore()})
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {self._directory}.")
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(f"No checkpoint of step {step} in {self._directory}; "
+                                f"available steps: {sorted(steps)}.")
+      try:
+        restored = self._manager.restore(step, args=args)
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointRestoreError(
+            f"Checkpoint step {step} in {self._directory} cannot be restored: "
+            f"{type(e).__name__}: {e}") from e
+      return restored[STATE_ITEM], dict(restored[META_ITEM] or {})
+
+    failed: list[tuple[int, Exception]] = []
+    for candidate in steps:
+      restored, error = None, None
+      try:
+        restored = self._manager.restore(candidate, args=args)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+      # Every process reads only its own shards, so a corrupt file may fail on some processes
+      # only: all must agree on the step, or they would resume from different states.
+      if _all_processes(error is None):
+        if failed:
+          self._quarantine([s for s, _ in failed])
+          logging.warning("Restored checkpoint step %d instead of the corrupt step(s) %s.",
+                          candidate, [s for s, _ in failed])
+        return restored[STATE_ITEM], dict(restored[META_ITEM] or {})
+      error = error or RuntimeError("unreadable on another process")
+      logging.warning("Checkpoint step %d in %s cannot be restored (%s: %s); trying the "
+                      "previous one.", candidate, self._directory, type(error).__name__,
+                      str(error)[:500])
+      failed.append((candidate, error))
+    latest_step, latest_error = failed[0]
+    raise CheckpointRestoreError(
+        f"None of the checkpoints {sorted(steps)} in {self._directory} can be restored; the "
+        f"latest (step {latest_step}) failed with {type(latest_error).__name__}: {latest_error}"
+    ) from latest_error
+
+  def _quarantine(self, steps: list[int]) -> None:
+    """Moves unreadable committed steps out of the way (kept for inspection, not deleted), so
+    the resumed run lists the good step as the latest and can save the same step numbers."""
+    if jax.process_index() == 0:
+      target_root = self._workdir / CORRUPT_DIR
+      target_root.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        source = self._directory / str(step)
+        target = target_root / str(step)
+        suffix = 1
+        while target.exists():
+          target = target_root / f"{step}.{suffix}"
+          suffix += 1
+        source.rename(target)
+        logging.warning("Moved unreadable checkpoint %s to %s.", source, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("relic_checkpoint_quarantine")
+    self._manager.close()
+    self._manager = self._open(cleanup_tmp=False)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _is_critical(field: str, job: str) -> bool:
+  if any(fnmatch.fnmatchcase(field, pattern) for pattern in NOT_CRITICAL):
+    return False
+  return any(fnmatch.fnmatchcase(field, pattern) for pattern in CRITICAL_FIELDS + (f"{job}.*",))
+
+
+def check_resume_compatible(saved_config: Mapping[str, Any] | ml_collections.ConfigDict,
+                            config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a checkpoint whose experiment-defining config differs (CRITICAL_FIELDS).
+
+  Harmless fields (cadences, retention, paths, threads, evaluation settings) may change. A
+  critical field present on one side only (the schema gained or lost a field between versions)
+  is logged, not refused: there is no saved value to compare.
+
+  Raises:
+    ConfigError: naming every differing field with its saved and its new value.
+  """
+  saved = _flatten(config_to_json(saved_config))
+  new = _flatten(config_to_json(config))
+  differences = []
+  for field in sorted(set(saved) | set(new)):
+    if not _is_critical(field, str(new.get("job", ""))):
+      continue
+    if field not in saved or field not in new:
+      logging.warning("Resume check: config field %s exists only in the %s config; not compared.",
+                      field, "new" if field in new else "saved")
+      continue
+    if saved[field] != new[field]:
+      differences.append(f"  {field}: saved {saved[field]!r}, now {new[field]!r}")
+  if differences:
+    raise ConfigError(
+        "the checkpoint to resume was trained with a different experiment config; refusing "
+        "to resume because these fields differ:\n" + "\n".join(differences) +
+        "\nFix: resume with the saved values (see config.json in the workdir), or start a new "
+        "run in a new --workdir.")
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to tuples, so model configs can be passed to Flax modules as stored."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def _step_dirs(path: epath.Path) -> list[epath.Path]:
+  """Checkpoint step directories for a workdir, its checkpoints dir, or one step dir; newest
+  first."""
+  if (path / STATE_ITEM).exists():
+    return [path]
+  directory = path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
+  steps = []
+  if directory.is_dir():
+    manager = ocp.CheckpointManager(
+        directory, item_names=(STATE_ITEM, META_ITEM),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    steps = sorted(manager.all_steps(), reverse=True)
+    manager.close()
+  if not steps:
+    raise FileNotFoundError(
+        f"No relic checkpoint found in {directory} (looked for committed step directories "
+        f"{directory}/STEP/{STATE_ITEM}). Make one with `python -m relic.main "
+        "--config=configs/quickstart.py --workdir=DIR` (any pretraining config) and pass that "
+        "DIR, or a step directory DIR/checkpoints/STEP.")
+  return [directory / str(step) for step in steps]
+
+
+def _restore_encoder_from(step_dir: epath.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = handler.metadata(step_dir / STATE_ITEM).tree
+    item = {group: {ENCODER: tree[group][ENCODER]}
+            for group in ("online_params", "online_batch_stats")}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = handler.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  finally:
+    handler.close()
+  meta_handler = ocp.JsonCheckpointHandler()
+  try:
+    meta = meta_handler.restore(step_dir / META_ITEM) or {}
+  finally:
+    meta_handler.close()
+  variables = {"params": restored["online_params"][ENCODER],
+               "batch_stats": restored["online_batch_stats"][ENCODER]}
+  return meta, variables
+
+
+def restore_encoder(path: str | epath.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The online encoder of a relic checkpoint, as host numpy arrays, without the train state.
+
+  Args:
+    path: a relic workdir (its newest readable checkpoint is used), its ``checkpoints``
+      directory, or one step directory ``WORKDIR/checkpoints/STEP``.
+
+  Returns:
+    ``(model_config, variables)``: ``config.model`` of the run (lists as tuples) and
+    ``{'params': ..., 'batch_stats': ...}`` for ``relic.models.ResNet``.
+
+  Raises:
+    FileNotFoundError: no checkpoint under ``path`` (the message says how to make one).
+  """
+  from relic import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+
+  path = epath.Path(path)
+  step_dirs = _step_dirs(path)
+  errors = []
+  for step_dir in step_dirs:
+    try:
+      meta, variables = _restore_encoder_from(step_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Cannot read the encoder from %s (%s: %s); trying an older checkpoint.",
+                      step_dir, type(e).__name__, str(e)[:500])
+      errors.append(e)
+      continue
+    model_config = (meta.get("config") or {}).get("model")
+    if model_config is None:
+      saved = workdir_lib.read_config(str(step_dir.parent.parent))
+      if saved is None:
+        raise FileNotFoundError(f"Checkpoint {step_dir} stores no config and no "
+                                f"{workdir_lib.CONFIG_JSON} was found next to it.")
+      model_config = saved.model.to_dict()
+    return _tuples(dict(model_config)), variables
+  raise CheckpointRestoreError(
+      f"No checkpoint under {path} has a readable encoder; the newest failed with "
+      f"{type(errors[0]).__name__}: {errors[0]}") from errors[0]

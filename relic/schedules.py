@@ -1,0 +1,113 @@
+"""Durations and schedules: every conversion between epochs, steps and examples, and every value
+that changes over training, as pure functions of the step.
+
+Why pure functions of the step: the step is stored in the train state, so a run resumed at step k
+computes exactly the learning rate and EMA rate it would have computed without the interruption
+(method.md section 7: "EMA schedule miscounted after resume"). Nothing here keeps a counter.
+
+Rounding rule (one rule for every conversion): a duration in epochs becomes
+``ceil(epochs * examples / batch_size)`` steps, so a fractional last step is trained rather than
+dropped and a positive duration never rounds to zero steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from relic.config import ConfigError
+
+# Float noise in ``epochs * examples / batch`` (e.g. 3.0000000000000004) must not add a step.
+_ROUNDING_DIGITS = 6
+
+
+def epochs_to_steps(epochs: float, num_train_examples: int, batch_size: int) -> int:
+  """``ceil(epochs * examples / batch_size)``: the single epochs -> steps conversion."""
+  if num_train_examples <= 0 or batch_size <= 0:
+    raise ValueError(f"need positive num_train_examples ({num_train_examples}) and batch_size "
+                     f"({batch_size}) to convert {epochs} epochs into steps")
+  return math.ceil(round(epochs * num_train_examples / batch_size, _ROUNDING_DIGITS))
+
+
+def resolve_num_train_examples(config: ml_collections.ConfigDict, split_size: int) -> int:
+  """Examples per epoch: ``config.train.num_train_examples`` when set, else the split's size.
+
+  The override exists so a preset can state ImageNet's 1,281,167 images without reading the
+  dataset, and so a subset run can still count epochs of the full split.
+  """
+  return int(config.train.num_train_examples) or int(split_size)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int) -> float:
+  """``examples / batch_size``, not rounded: epochs need not end on a step boundary."""
+  return num_train_examples / config.train.batch_size
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """Length of training: ``train.num_steps`` if > 0, else ``train.num_epochs`` converted."""
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  return epochs_to_steps(config.train.num_epochs, num_train_examples, config.train.batch_size)
+
+
+def warmup_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """Linear learning-rate warm-up length, from ``optim.warmup_epochs``."""
+  if config.optim.warmup_epochs <= 0:
+    return 0
+  return epochs_to_steps(config.optim.warmup_epochs, num_train_examples, config.train.batch_size)
+
+
+def epoch_at_step(step: int, config: ml_collections.ConfigDict, num_train_examples: int) -> float:
+  """Epochs completed after ``step`` steps (for logs and progress reports)."""
+  return examples_seen(step, config) / num_train_examples
+
+
+def examples_seen(step: int, config: ml_collections.ConfigDict) -> int:
+  """Training examples consumed after ``step`` steps of the global batch."""
+  return int(step) * int(config.train.batch_size)
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """``base_lr * batch_size / 256``: the linear scaling rule of the BYOL/ReLICv2 code."""
+  return config.optim.base_lr * config.train.batch_size / 256.0
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
+                           warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to the peak rate over ``warmup_steps``, then cosine to 0 at
+  ``total_steps`` (BYOL's ``learning_schedule``); constant 0 after ``total_steps``.
+
+  Returns:
+    A jittable function of the (integer) step, the step *before* the update is applied: the
+    update that turns step k into step k + 1 uses ``schedule(k)``.
+  """
+  if total_steps <= 0:
+    raise ValueError(f"total_steps must be positive, got {total_steps}")
+  if not 0 <= warmup_steps <= total_steps:
+    raise ConfigError(
+        f"config.optim.warmup_epochs: the warm-up ({warmup_steps} steps) is longer than training "
+        f"({total_steps} steps). Fix: lower optim.warmup_epochs or train longer.")
+  peak = peak_learning_rate(config)
+  decay_steps = max(total_steps - warmup_steps, 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak * step / max(warmup_steps, 1)
+    progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+    cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup_steps, warm, cosine)
+
+  return schedule
+
+
+def ema_rate(step, total_steps: int, base_rate: float):
+  """Target-network EMA decay ``1 - (1 - base) * (cos(pi k / K) + 1) / 2`` (BYOL).
+
+  ``base_rate`` at k = 0, rising monotonically to exactly 1 at k = K (and staying 1 after), so
+  the target freezes as the online network converges. Jittable; ``step`` may be traced.
+  """
+  progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+  return 1.0 - (1.0 - base_rate) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
