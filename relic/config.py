@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,       # the last N ...
       keep_every_steps=0,       # ... plus every K-th step for good (0 = none).
       eval_every_steps=5000,
+      stop_at_step=0,           # > 0: checkpoint and exit at this step (time-sliced runs); a
+                                # rerun of the same command continues. 0 = run to the end.
       fsdp=False,               # shard parameters + optimizer state over the data axis.
       nan_policy="stop",        # 'stop' or 'skip' (skip up to max_skipped_steps).
       max_skipped_steps=10,

@@ -7,6 +7,10 @@ import importlib
 
 JOBS = {
     "pretrain": "relic.jobs.pretrain",
+    "linear_probe": "relic.jobs.linear_probe",
+    "finetune": "relic.jobs.finetune",
+    "transfer": "relic.jobs.transfer",
+    "robustness": "relic.jobs.robustness",
 }
 
 

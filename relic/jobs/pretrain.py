@@ -160,14 +160,15 @@ def run(config, workdir: str) -> dict[str, Any]:
           done % config.train.eval_every_steps == 0 or is_last):
         logger.write(done, frozen.knn_monitor(config, online.encoder, _encoder_variables(state),
                                               mesh, num_classes), prefix="monitor")
-      stop = guard.should_stop(done)
+      stop = guard.should_stop(done) or done == config.train.stop_at_step
       if done % config.train.checkpoint_every_steps == 0 or is_last or stop:
         divergence.check(config, last_good)  # never checkpoint a diverged state
         save(done)
         last_good = done
       if stop:
-        logging.warning("Preempted (signal %s): checkpoint of step %d written; exiting. Rerun "
-                        "the same command to resume.", guard.received_signal, done)
+        logging.warning("Stopping (%s): checkpoint of step %d written; rerun the same command "
+                        "to resume.", f"signal {guard.received_signal}" if
+                        guard.received_signal else "train.stop_at_step", done)
         ckpt.close()
         logger.close()
         return {}

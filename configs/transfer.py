@@ -1,0 +1,36 @@
+"""Transfer of a pretrained encoder to other datasets: linear and fine-tune protocols.
+
+Command (all ten datasets tfds provides, linear protocol):
+  python -m relic.main --config=configs/transfer.py \
+      --config.pretrained=WORKDIR_OR_CHECKPOINT --workdir=DIR
+  One or a few datasets: --config.transfer.datasets=cifar10,dtd
+  Fine-tuning as well:   configs/transfer.py:finetune (or --config.transfer.protocols=linear,finetune)
+Datasets (relic/jobs/eval_transfer_datasets.py): food101, cifar10, cifar100, caltech_birds2011
+  (substitute for Birdsnap, which is not in tfds), sun397 (sun397/tfds), cars196, dtd,
+  oxford_iiit_pet, caltech101, oxford_flowers102; also 'tfds_name:train:test' and 'folder:PATH'
+  (FGVC Aircraft is not in tfds; VOC2007 is multi-label and not covered). Prepare each with
+  `tfds build NAME` once.
+Linear protocol: L2 logistic regression on frozen centre-crop features, the L2 strength chosen
+  on 20% of train, refit on all of train, scored on test (top-1 and mean per-class accuracy).
+Fine-tune protocol: config.finetune (full train split; finetune.lr_grid for a rate sweep).
+Outputs: DIR/<dataset>/results.json per dataset and DIR/results.md, the table across datasets.
+  A rerun skips the datasets already done for the same encoder.
+Variants: 'runlocal': the built-in dataset as the target, minutes on a CPU:
+  --config=configs/transfer.py:runlocal --config.pretrained=/tmp/relic_quickstart
+Expected: see the paper's transfer table (e.g. fine-tuned CIFAR-100 85.3, Stanford Cars 92.3).
+"""
+
+from relic.config import check_config_args, parse_config_arg
+from relic.jobs.eval_configs import apply_eval_runlocal, imagenet_eval_config
+
+
+def get_config(arg=None):
+  options = parse_config_arg(arg)
+  check_config_args(options, ("finetune", "runlocal"), "transfer")
+  config = imagenet_eval_config("transfer")
+  if "finetune" in options:
+    config.transfer.protocols = ("linear", "finetune")
+    config.finetune.update(dict(subset="full", num_epochs=30.0))
+  if "runlocal" in options:
+    apply_eval_runlocal(config)
+  return config

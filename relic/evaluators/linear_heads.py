@@ -1,0 +1,121 @@
+"""Linear heads on frozen features, several learning rates trained side by side in one pass.
+
+Linear evaluation sweeps the learning rate. The encoder is frozen, so every candidate sees the
+same features of the same augmented batch: one forward pass of the encoder serves all of them,
+and a sweep of K rates costs about as much as a single run (the heads are tiny next to the
+encoder). The heads are one :class:`relic.models.LinearHead` each, stacked on a leading axis
+of size K and applied with ``vmap``.
+
+Optimiser (the official ReLICv2/BYOL linear evaluation): SGD with Nesterov momentum, no weight
+decay by default, learning rate ``lr_k * cos_decay(step)`` from the peak ``lr_k`` of head k to 0
+at the last step, no warm-up. The momentum buffer does not depend on the rate, so one
+``optax.trace`` serves all heads and only the final scaling is per head.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from relic.models import LinearHead
+
+
+@flax.struct.dataclass
+class HeadsState:
+  """Step, stacked head parameters (leading axis = head) and the momentum state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+  def to_dict(self) -> dict[str, Any]:
+    """The checkpointed tree. The stacked (K, D, C) kernels are stored under 'stacked', not as
+    a LinearHead's {'linear': {'kernel', 'bias'}}, so tools that look for a single head in a
+    checkpoint (relic.interop's export) do not take K heads for one; the selected head is
+    saved separately by the linear probe (probe_head.npz)."""
+    tree = flax.serialization.to_state_dict(self)
+    tree["stacked"] = tree.pop("params")["linear"]
+    return tree
+
+  def replace_from_dict(self, tree: dict[str, Any]) -> "HeadsState":
+    tree = dict(tree)
+    tree["params"] = {"linear": tree.pop("stacked")}
+    return flax.serialization.from_state_dict(self, tree)
+
+
+def heads_optimizer(momentum: float, weight_decay: float = 0.0,
+                    nesterov: bool = True) -> optax.GradientTransformation:
+  """Rate-free part of the update (decay, then momentum); the rate is applied per head."""
+  parts = []
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay))
+  parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+  return optax.chain(*parts)
+
+
+def init_heads(num_heads: int, num_features: int, num_classes: int,
+               optimizer: optax.GradientTransformation) -> HeadsState:
+  """K zero-initialised heads (LinearHead's init) and their optimiser state."""
+  one = LinearHead(num_classes).init(jax.random.key(0), jnp.zeros((1, num_features)))["params"]
+  params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_heads, *x.shape)).copy(), one)
+  return HeadsState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+
+def heads_logits(params: Any, features: jax.Array, num_classes: int) -> jax.Array:
+  """(K, B, C) logits of the K stacked heads on (B, D) features."""
+  head = LinearHead(num_classes)
+  return jax.vmap(lambda p: head.apply({"params": p}, features))(params)
+
+
+def cosine_factor(step: jax.Array, total_steps: int) -> jax.Array:
+  """1 at step 0, 0 at ``total_steps`` (and after), half-cosine in between."""
+  progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+  return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
+def make_train_step(*, num_classes: int, learning_rates: Sequence[float], total_steps: int,
+                    optimizer: optax.GradientTransformation,
+                    features_fn: Callable[[Any, dict], jax.Array]):
+  """The (un-jitted) step ``(state, frozen, batch) -> (state, metrics)``.
+
+  Args:
+    learning_rates: the peak rate of each head (already scaled by batch / 256).
+    features_fn: ``(frozen, batch) -> (B, D)`` features; ``frozen`` holds whatever it needs (the
+      encoder variables, or nothing when the batch carries cached features). The features are
+      wrapped in ``stop_gradient``: nothing flows back into the encoder, which is not an output
+      of the step either, so its parameters and BN statistics cannot change.
+  """
+  rates = jnp.asarray(learning_rates, jnp.float32)
+
+  def step(state: HeadsState, frozen: Any, batch: dict):
+    features = jax.lax.stop_gradient(features_fn(frozen, batch))
+    labels = batch["label"]
+    valid = batch["valid"].astype(jnp.float32)
+    num_valid = jnp.maximum(valid.sum(), 1.0)
+
+    def loss_fn(params):
+      logits = heads_logits(params, features, num_classes)                     # (K, B, C)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels[None])  # (K, B)
+      per_head = (ce * valid).sum(-1) / num_valid
+      return per_head.sum(), (per_head, logits)  # heads are independent: sum = each its own
+
+    grads, (per_head, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    scale = -rates * cosine_factor(state.step, total_steps)                    # (K,)
+    updates = jax.tree.map(lambda u: u * scale.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
+    params = optax.apply_updates(state.params, updates)
+    correct = (jnp.argmax(logits, -1) == labels[None]).astype(jnp.float32)
+    metrics = {"loss": per_head, "accuracy": 100.0 * (correct * valid).sum(-1) / num_valid,
+               "learning_rate": -scale}
+    return HeadsState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def select_head(params: Any, index: int) -> Any:
+  """The LinearHead parameters of head ``index``."""
+  return jax.tree.map(lambda x: x[index], params)

@@ -1,0 +1,185 @@
+"""The labelled examples an evaluation job trains or scores on: a (sliced) split, or chosen
+examples of it.
+
+A slice of a split (``train[10000:]``) is read by the data pipeline directly. A subset that is
+not a slice, such as the class-balanced 1% of a dataset that has no official 1% list, is read
+here from the source's reader: the chosen records are gathered once (indices for the folder and
+built-in sources, undecoded bytes for tfds), then streamed with the pipeline's evaluation
+transform (:func:`relic.data.views.eval_image`) and its stateless per-example keys, so the
+images are cut exactly as :func:`relic.data.pipeline.eval_batches` would cut them. Training
+streams of a subset are a pure function of (seed, step): ``start_step`` resumes exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from relic.config import ConfigError
+from relic.data import pipeline, seeds, sources, splits, views
+from relic.evaluators import label_subsets
+
+_MAX_EPOCHS = 2 ** 40
+_ROOT = (0, 0)  # key of the unshuffled reading order (no randomness is drawn from it)
+
+
+def eval_data_config(config):
+  """A copy of ``config`` as evaluation jobs read data: never with saliency masks."""
+  out = copy.deepcopy(config)
+  out.data.mask_prob = 0.0
+  return out
+
+
+def dataset_name(config) -> str:
+  """How results name the data: the tfds name, 'builtin', or 'folder (PATH)'."""
+  if config.data.source == "tfds":
+    return config.data.dataset
+  return config.data.source + (f" ({config.data.path})" if config.data.source == "folder" else "")
+
+
+def slice_prefix(config, split: str, n: int) -> tuple[str, str]:
+  """``(rest, prefix)`` split strings: the first ``n`` examples of ``split`` and the others,
+  composed with any slice ``split`` already has (``train[:50%]`` -> ``train[0:n]``...)."""
+  name, start, stop = splits.parse(split)
+  size = pipeline.num_examples(config, name)
+  first, last = splits.bounds(start, stop, size)
+  if not 0 < n < last - first:
+    raise ConfigError(f"a hold-out of {n} examples leaves no training examples in {split!r} "
+                      f"({last - first} examples). Fix: lower the hold-out size.")
+  return f"{name}[{first + n}:{last}]", f"{name}[{first}:{first + n}]"
+
+
+def _reader(config, split: str) -> sources.Reader:
+  return sources.get_source(config).reader(split, process_index=0, process_count=1,
+                                           with_masks=False)
+
+
+def split_labels(config, split: str) -> np.ndarray:
+  """Labels of every example of ``split`` in its stored order (index i = example i).
+
+  tfds records carry the label undecoded; folder and built-in records are indices whose label
+  is read by the reader (a folder's images are decoded once for this).
+  """
+  reader = _reader(config, split)
+  ds = reader.epoch(tf.constant(_ROOT, tf.int64), tf.constant(0, tf.int64), False)
+  if isinstance(ds.element_spec, dict) and "label" in ds.element_spec:
+    ds = ds.map(lambda record: record["label"])
+  else:
+    ds = ds.map(lambda record: reader.load(record)["label"], num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+  chunks = list(ds.batch(8192).as_numpy_iterator())
+  return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros((0,), np.int64)
+
+
+def _gather_records(reader: sources.Reader, wanted: np.ndarray, size: int):
+  """The reader's records at the (sorted) positions ``wanted``, stacked as tensors."""
+  keep = np.zeros(size, bool)
+  keep[wanted] = True
+  keep_t = tf.constant(keep)
+  ds = reader.epoch(tf.constant(_ROOT, tf.int64), tf.constant(0, tf.int64), False).enumerate()
+  ds = ds.filter(lambda i, _: tf.gather(keep_t, i))
+  ds = ds.map(lambda _, record: record)
+  records = list(ds.as_numpy_iterator())
+  if len(records) != len(wanted):
+    raise RuntimeError(f"Read {len(records)} of the {len(wanted)} chosen examples.")
+  if isinstance(records[0], dict):
+    return {k: tf.constant(np.stack([r[k] for r in records])) for k in records[0]}
+  return tf.constant(np.asarray(records))
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """Examples of ``split``: all of it (``indices=None``) or the example indices given."""
+  config: object
+  split: str
+  indices: np.ndarray | None = None
+
+  def size(self) -> int:
+    if self.indices is None:
+      return pipeline.num_examples(self.config, self.split)
+    return len(self.indices)
+
+  def describe(self) -> str:
+    if self.indices is None:
+      return self.split
+    return f"{len(self.indices)} chosen examples of {self.split}"
+
+  def split_holdout(self, n: int, seed: int) -> tuple["Examples", "Examples"]:
+    """``(rest, holdout)``: a prefix slice of a split, or a class-balanced part of a subset."""
+    if self.indices is None:
+      rest, prefix = slice_prefix(self.config, self.split, n)
+      return Examples(self.config, rest), Examples(self.config, prefix)
+    if not 0 < n < len(self.indices):
+      raise ConfigError(f"a hold-out of {n} examples leaves no training examples in a subset "
+                        f"of {len(self.indices)}. Fix: lower the hold-out size.")
+    labels = split_labels(self.config, self.split)[self.indices]
+    held = label_subsets.class_balanced_subset(labels, n, seed)
+    rest = np.delete(self.indices, held)
+    return Examples(self.config, self.split, rest), Examples(self.config, self.split,
+                                                             self.indices[held])
+
+  def batches(self, *, batch_size: int, image_size: int, train_augment: bool, seed: int,
+              repeat: bool, start_step: int = 0) -> Iterator[dict]:
+    """Per-process batches as :func:`relic.data.pipeline.eval_batches` yields them.
+
+    ``start_step`` skips that many batches exactly for a subset; for a whole split (read by the
+    pipeline, which has no skip for evaluation streams) it reseeds the order instead.
+    """
+    if self.indices is None:
+      return pipeline.eval_batches(self.config, split=self.split, batch_size=batch_size,
+                                   image_size=image_size, train_augment=train_augment,
+                                   seed=seed + start_step, repeat=repeat)
+    return _subset_batches(self.config, self.split, self.indices, batch_size=batch_size,
+                           image_size=image_size, train_augment=train_augment, seed=seed,
+                           repeat=repeat, start_step=start_step)
+
+
+def _subset_batches(config, split: str, indices: np.ndarray, *, batch_size: int,
+                    image_size: int, train_augment: bool, seed: int, repeat: bool,
+                    start_step: int) -> Iterator[dict]:
+  process_index, process_count = jax.process_index(), jax.process_count()
+  reader = _reader(config, split)
+  mine = np.sort(np.asarray(indices))[process_index::process_count]
+  records = _gather_records(reader, mine, reader.size)
+  n = len(mine)
+  root = seeds.root_key(seed, process_index)
+
+  def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+    order = tf.range(n, dtype=tf.int64)
+    if train_augment:
+      order = tf.random.experimental.stateless_shuffle(
+          order, seed=seeds.epoch_key(root, epoch, seeds.EPOCH_ORDER))
+    ds = tf.data.Dataset.from_tensor_slices(order).enumerate()
+    return ds.map(lambda position, i: (epoch, position, i))
+
+  def example(epoch, position, i) -> dict[str, tf.Tensor]:
+    loaded = reader.load(tf.nest.map_structure(lambda t: tf.gather(t, i), records))
+    key = seeds.example_key(root, epoch, position)
+    return {"image": views.eval_image(loaded["image"], key, image_size, train_augment),
+            "label": tf.cast(loaded["label"], tf.int32), "valid": tf.constant(True)}
+
+  epochs = tf.data.Dataset.range(_MAX_EPOCHS if repeat else 1)
+  ds = epochs.flat_map(one_epoch).skip(start_step * batch_size)
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if not repeat:
+    padding = {"image": tf.zeros([image_size, image_size, 3], tf.float32),
+               "label": tf.constant(-1, tf.int32), "valid": tf.constant(False)}
+    total = pipeline.eval_num_batches(len(indices), process_count, batch_size) * batch_size
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(total)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).as_numpy_iterator()
+
+
+def label_fraction_subset(config, split: str, fraction: float, seed: int) -> np.ndarray:
+  """Class-balanced ``fraction`` of the labelled examples of ``split`` (sorted indices)."""
+  labels = split_labels(config, split)
+  labelled = np.flatnonzero(labels >= 0)
+  total = label_subsets.subset_size(len(labelled), fraction)
+  return labelled[label_subsets.class_balanced_subset(labels[labelled], total, seed)]

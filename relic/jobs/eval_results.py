@@ -1,0 +1,39 @@
+"""``results.json`` and ``results.md`` of an evaluation job, written by process 0 only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+from etils import epath
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+
+
+def write_results(workdir: str, results: dict[str, Any], markdown: str) -> None:
+  """Writes both files (and prints the table), so a finished run can be read without tools."""
+  if jax.process_index() == 0:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / RESULTS_JSON).write_text(json.dumps(results, indent=2, sort_keys=False))
+    (path / RESULTS_MD).write_text(markdown)
+  print(markdown, flush=True)
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+  """A finished job's ``results.json`` (None if it has none yet)."""
+  path = epath.Path(workdir) / RESULTS_JSON
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+  """A Markdown table; floats with one decimal."""
+  def cell(value: Any) -> str:
+    if isinstance(value, float):
+      return "-" if value != value else f"{value:.1f}"  # NaN -> '-'
+    return str(value)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""The out-of-distribution test sets of method.md section 5 by tfds name, plus the built-in one.
+
+ImageNet suite (labels in the 1000-class ImageNet order in every one of them):
+  * ImageNet-V2, three variants: ``imagenet_v2/matched-frequency``, ``threshold-0.7``,
+    ``topimages`` (split 'test', 10,000 images each).
+  * ImageNet-R: ``imagenet_r`` ('test', 30,000 renditions of 200 classes): predictions are
+    restricted to those 200 classes (relic/evaluators/class_subsets.py).
+  * ImageNet-Sketch: ``imagenet_sketch`` ('test', 50,889 sketches, all 1000 classes).
+  * ImageNet-C: ``imagenet2012_corrupted/<corruption>_<severity>`` ('validation', 50,000 each),
+    the 15 benchmark corruptions x severities 1-5; reported per corruption (mean over
+    severities) and as the mean over all. tfds stores these already centre-cropped to 224 px;
+    the evaluation transform (centre 224/256 crop, resize) is applied on top, as for every set.
+  * ObjectNet is not in tfds and is not covered.
+
+Built-in dataset: its 'test' split (same distribution as training) and 'test_ood' (background
+textures never seen in training), scored with the same head.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from relic.config import ConfigError
+
+IMAGENET_C_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform",
+    "pixelate", "jpeg_compression")
+IMAGENET_C_EXTRA = ("gaussian_blur", "saturate", "spatter", "speckle_noise")
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSet:
+  name: str
+  dataset: str            # tfds name; '' = config.data.dataset (same source)
+  split: str
+  class_subset: str = ""  # relic.evaluators.class_subsets name, '' = all classes
+  group: str = ""         # results are also averaged per group (ImageNet-C corruption)
+
+
+IMAGENET_SETS = {s.name: s for s in (
+    TestSet("imagenet_v2_matched_frequency", "imagenet_v2/matched-frequency", "test"),
+    TestSet("imagenet_v2_threshold_0.7", "imagenet_v2/threshold-0.7", "test"),
+    TestSet("imagenet_v2_topimages", "imagenet_v2/topimages", "test"),
+    TestSet("imagenet_r", "imagenet_r", "test", class_subset="imagenet_r"),
+    TestSet("imagenet_sketch", "imagenet_sketch", "test"),
+)}
+BUILTIN_SUITE = ("test", "test_ood")
+IMAGENET_SUITE = (*IMAGENET_SETS, "imagenet_c")
+
+
+def imagenet_c_sets(corruptions, severities) -> list[TestSet]:
+  known = IMAGENET_C_CORRUPTIONS + IMAGENET_C_EXTRA
+  for c in corruptions:
+    if c not in known:
+      raise ConfigError(f"config.robustness.corruptions: unknown corruption {c!r}. Fix: choose "
+                        f"from {list(known)}.")
+  for s in severities:
+    if s not in (1, 2, 3, 4, 5):
+      raise ConfigError(f"config.robustness.severities: {s} is not in 1..5.")
+  return [TestSet(f"imagenet_c/{c}_{s}", f"imagenet2012_corrupted/{c}_{s}", "validation",
+                  group=f"imagenet_c/{c}") for c in corruptions for s in severities]
+
+
+def resolve(config) -> list[TestSet]:
+  """The test sets of ``config.robustness.datasets`` (or of the source's default suite)."""
+  r = config.robustness
+  entries = [p.strip() for e in r.datasets for p in str(e).split(",") if p.strip()]
+  if not entries:
+    entries = list(BUILTIN_SUITE if config.data.source == "builtin" else IMAGENET_SUITE)
+  sets: list[TestSet] = []
+  for entry in entries:
+    if entry in IMAGENET_SETS:
+      sets.append(IMAGENET_SETS[entry])
+    elif entry == "imagenet_c":
+      sets += imagenet_c_sets(tuple(r.corruptions) or IMAGENET_C_CORRUPTIONS,
+                              tuple(r.severities))
+    elif entry in BUILTIN_SUITE and config.data.source == "builtin":
+      sets.append(TestSet(entry, "", entry))
+    elif ":" in entry:
+      dataset, split = entry.rsplit(":", 1)
+      sets.append(TestSet(entry, dataset, split))
+    else:
+      raise ConfigError(
+          f"config.robustness.datasets: unknown test set {entry!r}. Fix: use one of "
+          f"{list(IMAGENET_SUITE)}, 'dataset:split' (dataset '' = config.data.dataset), or for "
+          f"the built-in source {list(BUILTIN_SUITE)}.")
+  return sets
+
+
+def set_config(config, test_set: TestSet):
+  """A copy of ``config`` whose eval split is the test set."""
+  out = copy.deepcopy(config)
+  if test_set.dataset:
+    out.data.source = "tfds"
+    out.data.dataset = test_set.dataset
+  out.data.eval_split = test_set.split
+  out.data.mask_prob = 0.0
+  return out

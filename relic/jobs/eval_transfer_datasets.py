@@ -1,0 +1,109 @@
+"""The transfer suite of method.md section 5, by tfds name, and how each is scored.
+
+The paper's twelve datasets, mapped to what tfds 4.9 provides (``tensorflow_datasets/
+image_classification``, ``datasets/``):
+
+  ============  =====================  ==================  ==================================
+  paper         tfds                   splits (fit/test)   note
+  ============  =====================  ==================  ==================================
+  Food-101      food101                train / validation  tfds's 'validation' is the test set
+  CIFAR-10      cifar10                train / test
+  CIFAR-100     cifar100               train / test
+  Birdsnap      caltech_birds2011      train / test        substitute: Birdsnap is not in tfds
+  SUN397        sun397/tfds            train / test        tfds's standard partition
+  Stanford Cars cars196                train / test
+  FGVC Aircraft (none)                 -                   not in tfds: use 'folder:PATH'
+  VOC2007       voc/2007               -                   multi-label (11-point mAP): not
+                                                           supported by the single-label eval
+  DTD           dtd                    train / test        split 1
+  Oxford Pets   oxford_iiit_pet        train / test        mean per-class accuracy
+  Caltech-101   caltech101             train / test        tfds's fixed 30-per-class train
+  Flowers-102   oxford_flowers102      train / test        mean per-class accuracy
+  ============  =====================  ==================  ==================================
+
+Scoring follows the literature (SimCLR / BYOL transfer tables): mean per-class accuracy for
+Pets, Caltech-101, Flowers-102 (and Aircraft), top-1 for the others; both are always reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from relic.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferDataset:
+  name: str
+  source: str            # 'tfds' or 'folder'
+  dataset: str           # tfds name, or the folder path
+  train_split: str
+  test_split: str
+  metric: str = "top1"   # the number the literature reports: 'top1' or 'mean_per_class'
+  note: str = ""
+
+
+TRANSFER_DATASETS: dict[str, TransferDataset] = {d.name: d for d in (
+    TransferDataset("food101", "tfds", "food101", "train", "validation"),
+    TransferDataset("cifar10", "tfds", "cifar10", "train", "test"),
+    TransferDataset("cifar100", "tfds", "cifar100", "train", "test"),
+    TransferDataset("caltech_birds2011", "tfds", "caltech_birds2011", "train", "test",
+                    note="substitute for Birdsnap (not in tfds)"),
+    TransferDataset("sun397", "tfds", "sun397/tfds", "train", "test"),
+    TransferDataset("cars196", "tfds", "cars196", "train", "test"),
+    TransferDataset("dtd", "tfds", "dtd", "train", "test"),
+    TransferDataset("oxford_iiit_pet", "tfds", "oxford_iiit_pet", "train", "test",
+                    metric="mean_per_class"),
+    TransferDataset("caltech101", "tfds", "caltech101", "train", "test", metric="mean_per_class"),
+    TransferDataset("oxford_flowers102", "tfds", "oxford_flowers102", "train", "test",
+                    metric="mean_per_class"),
+    # No download: the built-in shapes dataset, for runlocal checks of the whole job.
+    TransferDataset("builtin", "builtin", "builtin", "train", "test"),
+)}
+# Paper datasets that cannot be read by name, with what to do instead.
+UNAVAILABLE = {
+    "birdsnap": "Birdsnap is not in tfds; use 'caltech_birds2011' (CUB-200-2011, the usual "
+                "substitute) or an image folder as 'folder:/path/to/birdsnap'",
+    "fgvc_aircraft": "FGVC Aircraft is not in tfds; put it in an image folder (train/ and test/ "
+                     "with one sub-folder per class) and use 'folder:/path/to/aircraft'",
+    "voc2007": "VOC2007 classification is multi-label (scored by 11-point mAP); the "
+               "single-label evaluation here cannot score it",
+}
+
+
+def expand(entries) -> list[str]:
+  """Config entries -> names; ``'a,b'`` (one command-line string) counts as two entries."""
+  return [part.strip() for entry in entries for part in str(entry).split(",") if part.strip()]
+
+
+def resolve(entry: str) -> TransferDataset:
+  """A registry name, ``'tfds_name:train_split:test_split'`` or ``'folder:PATH'``."""
+  if entry in TRANSFER_DATASETS:
+    return TRANSFER_DATASETS[entry]
+  if entry in UNAVAILABLE:
+    raise ConfigError(f"config.transfer.datasets: {UNAVAILABLE[entry]}.")
+  if entry.startswith("folder:"):
+    path = entry[len("folder:"):]
+    return TransferDataset(path.rstrip("/").rsplit("/", 1)[-1] or "folder", "folder", path,
+                           "train", "test")
+  parts = entry.split(":")
+  if len(parts) == 3 and all(parts):
+    return TransferDataset(parts[0].replace("/", "_"), "tfds", *parts)
+  raise ConfigError(
+      f"config.transfer.datasets: unknown dataset {entry!r}. Fix: use one of "
+      f"{sorted(TRANSFER_DATASETS)}, 'tfds_name:train_split:test_split' or 'folder:PATH'.")
+
+
+def dataset_config(config, dataset: TransferDataset):
+  """A copy of ``config`` that reads ``dataset`` (its splits as train and eval split)."""
+  out = copy.deepcopy(config)
+  out.data.source = dataset.source
+  if dataset.source == "folder":
+    out.data.path = dataset.dataset
+  elif dataset.source == "tfds":
+    out.data.dataset = dataset.dataset
+  out.data.train_split = dataset.train_split
+  out.data.eval_split = dataset.test_split
+  out.data.mask_prob = 0.0  # evaluation reads no saliency masks
+  return out

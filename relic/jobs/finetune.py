@@ -1,0 +1,379 @@
+"""``config.job = 'finetune'``: the whole pretrained network + a new linear head, trained on labels.
+
+Semi-supervised protocol (method.md section 5): fine-tune on the 1% or 10% ImageNet label
+subsets, SimCLR's lists (tfds ``imagenet2012_subset/1pct`` and ``/10pct``), chosen with
+``finetune.subset``; report on the ImageNet validation set. Any other dataset (built-in,
+folder, other tfds datasets) has no official list: ``subset='1pct'`` / ``'10pct'`` or
+``finetune.label_fraction`` then draw a deterministic class-balanced fraction of the train
+split (relic/evaluators/label_subsets.py), whose size and per-class counts are recorded in the
+results. The transfer job reuses :func:`finetune_and_evaluate` for its fine-tune protocol.
+
+Training: random-resized crops + flips; BatchNorm in train mode, its statistics over the
+*global* batch (the step is written on global arrays, so under ``jax.jit`` XLA reduces over all
+devices) and its running averages updated for evaluation; SGD with Nesterov momentum, rate
+``base_lr * batch / 256`` with optional linear warm-up, cosine to 0; weight decay (if any) on
+kernels only. [recon] defaults follow SimCLR's fine-tuning (no weight decay, base rate 0.05).
+
+Rate sweep (``finetune.lr_grid``): every rate is a full run on the training examples minus a
+hold-out (``finetune.holdout_examples``, default 10%: a prefix slice of a split, or a
+class-balanced part of a subset), scored on the hold-out; the best rate is then trained on all
+training examples, since labels are scarce in the semi-supervised setting. Every run
+checkpoints in its own directory and resumes there; finished sweep runs are not repeated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from relic import checkpoint, optim, parallel, schedules
+from relic.config import ConfigError
+from relic.data import pipeline
+from relic.evaluators import accuracy
+from relic.evaluators.progress import Progress
+from relic.jobs import eval_pretrained, eval_results
+from relic.jobs.eval_examples import (Examples, dataset_name, eval_data_config,
+                                      label_fraction_subset, split_labels)
+from relic.metrics import MetricsLogger
+from relic.models import LinearHead
+
+SUBSETS = {"1pct": 0.01, "10pct": 0.1, "full": 0.0}
+TFDS_SUBSET_DATASETS = ("imagenet2012",)   # datasets with SimCLR's lists in tfds
+SWEEP_DIR = "sweep"
+RUN_RESULT = "run_result.json"
+_RESUME_FIELDS = ("subset", "label_fraction", "subset_seed", "batch_size", "num_epochs",
+                  "momentum", "weight_decay", "warmup_epochs", "image_size", "head_lr_multiplier")
+
+
+@flax.struct.dataclass
+class FinetuneState:
+  """Step, encoder + head parameters, encoder BN statistics, optimiser state."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  def to_dict(self) -> dict[str, Any]:
+    return flax.serialization.to_state_dict(self)
+
+  def replace_from_dict(self, tree: dict[str, Any]) -> "FinetuneState":
+    return flax.serialization.from_state_dict(self, tree)
+
+
+def validate(config) -> None:
+  """Fine-tune-specific checks, before any compute."""
+  eval_pretrained.check_pretrained(config)
+  check_settings(config)
+  pipeline.check_data_config(data_config(config))
+
+
+def check_settings(config) -> None:
+  ft = config.finetune
+
+  def require(ok: bool, field: str, problem: str, fix: str) -> None:
+    if not ok:
+      raise ConfigError(f"config.finetune.{field}: {problem}. Fix: {fix}.")
+
+  require(ft.subset in SUBSETS, "subset", f"unknown subset {ft.subset!r}",
+          f"choose one of {sorted(SUBSETS)}")
+  require(0.0 <= ft.label_fraction <= 1.0, "label_fraction",
+          f"must be in [0, 1], got {ft.label_fraction}", "use e.g. 0.01, or 0 to follow subset")
+  require(ft.batch_size > 0, "batch_size", f"must be > 0, got {ft.batch_size}", "use e.g. 1024")
+  require(ft.num_epochs > 0, "num_epochs", f"must be > 0, got {ft.num_epochs}", "use e.g. 30")
+  require(ft.base_lr > 0 and all(lr > 0 for lr in ft.lr_grid), "lr_grid",
+          f"rates must be positive, got base_lr={ft.base_lr}, lr_grid={ft.lr_grid}",
+          "use positive base rates")
+  require(ft.holdout_examples >= 0, "holdout_examples", f"must be >= 0, got {ft.holdout_examples}",
+          "use 0 (10% of the training examples) or a count")
+  require(ft.image_size > 0, "image_size", f"must be > 0, got {ft.image_size}", "use e.g. 224")
+  require(ft.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {ft.keep_checkpoints}",
+          "use e.g. 2")
+
+
+def label_fraction(config) -> float:
+  """The fraction a label_fraction subset holds (0 = the whole split)."""
+  return float(config.finetune.label_fraction or SUBSETS[config.finetune.subset])
+
+
+def uses_tfds_subset(config) -> bool:
+  """SimCLR's lists apply: ImageNet from tfds, a 1%/10% subset, no explicit fraction."""
+  return (config.data.source == "tfds" and config.data.dataset in TFDS_SUBSET_DATASETS
+          and config.finetune.subset != "full" and not config.finetune.label_fraction)
+
+
+def data_config(config):
+  """The config the job reads data with: no masks; SimCLR's subset dataset when it applies."""
+  config = eval_data_config(config)
+  if uses_tfds_subset(config):
+    config.data.dataset = f"imagenet2012_subset/{config.finetune.subset}"
+  return config
+
+
+def training_examples(config) -> tuple[Any, Examples, dict[str, Any]]:
+  """``(data config, training examples, description)`` of ``config.finetune``'s subset."""
+  tfds_subset = uses_tfds_subset(config)
+  config = data_config(config)
+  ft = config.finetune
+  fraction = label_fraction(config)
+  if tfds_subset or not fraction or fraction >= 1.0:
+    examples = Examples(config, config.data.train_split)
+    kind = (f"tfds {config.data.dataset} (SimCLR's list)" if tfds_subset else "full split")
+    return config, examples, {"kind": kind, "num_examples": examples.size()}
+  indices = label_fraction_subset(config, config.data.train_split, fraction, ft.subset_seed)
+  counts = np.bincount(split_labels(config, config.data.train_split)[indices])
+  return config, Examples(config, config.data.train_split, indices), {
+      "kind": f"class-balanced {fraction:g} of {config.data.train_split} (seed "
+              f"{ft.subset_seed})", "num_examples": int(len(indices)),
+      "per_class": counts.tolist()}
+
+
+def make_optimizer(config, total_steps: int, base_lr: float, num_train: int):
+  """SGD + Nesterov with warm-up + cosine; decay on kernels; the head's rate multiplied."""
+  ft = config.finetune
+  peak = base_lr * ft.batch_size / 256.0
+  warmup = (schedules.epochs_to_steps(ft.warmup_epochs, num_train, ft.batch_size)
+            if ft.warmup_epochs > 0 else 0)
+  warmup = min(warmup, total_steps)
+  decay_steps = max(total_steps - warmup, 1)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    progress = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+    cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup, peak * step / max(warmup, 1), cosine)
+
+  head_only = lambda params: {"encoder": jax.tree.map(lambda _: False, params["encoder"]),
+                              "head": jax.tree.map(lambda _: True, params["head"])}
+  parts = [optax.add_decayed_weights(ft.weight_decay, mask=optim.weight_decay_mask),
+           optax.sgd(schedule, momentum=ft.momentum or None, nesterov=ft.momentum > 0)]
+  if ft.head_lr_multiplier != 1.0:
+    parts.append(optax.masked(optax.scale(ft.head_lr_multiplier), head_only))
+  return optax.chain(*parts), schedule
+
+
+def make_train_step(encoder, num_classes: int, optimizer, schedule):
+  """``(state, batch) -> (state, metrics)`` on global arrays (BN statistics are global)."""
+  head = LinearHead(num_classes)
+
+  def step(state: FinetuneState, batch: dict):
+    valid = batch["valid"].astype(jnp.float32)
+
+    def loss_fn(params):
+      features, updates = encoder.apply(
+          {"params": params["encoder"], "batch_stats": state.batch_stats["encoder"]},
+          batch["image"], train=True, mutable=["batch_stats"])
+      logits = head.apply({"params": params["head"]}, features)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+      loss = (ce * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+      return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    metrics = {"loss": loss, "accuracy": 100.0 * (correct * valid).sum() / jnp.maximum(
+        valid.sum(), 1.0), "learning_rate": schedule(state.step)}
+    return FinetuneState(step=state.step + 1, params=params, batch_stats={"encoder": stats},
+                         opt_state=opt_state), metrics
+
+  return step
+
+
+@functools.lru_cache(maxsize=8)
+def logits_fn(encoder, num_classes: int):
+  """``(variables, images) -> logits`` in inference mode (running BN statistics); one function
+  per model, so every evaluation of a sweep reuses one compiled computation."""
+  head = LinearHead(num_classes)
+
+  def apply(variables, images):
+    features = encoder.apply({"params": variables["params"]["encoder"],
+                              "batch_stats": variables["batch_stats"]["encoder"]},
+                             images, train=False)
+    return head.apply({"params": variables["params"]["head"]}, features)
+
+  return apply
+
+
+def _check_resume(meta: dict[str, Any], config, info: dict[str, Any], base_lr: float) -> None:
+  saved = (meta.get("config") or {}).get("finetune", {})
+  now = checkpoint.config_to_json(config)["finetune"]
+  different = [f"finetune.{f}: saved {saved.get(f)!r}, now {now[f]!r}" for f in _RESUME_FIELDS
+               if f in saved and saved[f] != now[f]]
+  if meta.get("base_lr") not in (None, base_lr):
+    different.append(f"base rate: saved {meta.get('base_lr')}, now {base_lr}")
+  if meta.get("fingerprint") not in (None, info["fingerprint"]):
+    different.append("the encoder at config.pretrained is not the one this run started from")
+  if different:
+    raise ConfigError("the run directory holds a different fine-tuning run; refusing to resume "
+                      "because:\n  " + "\n  ".join(different) + "\nFix: use a new --workdir, "
+                      "or resume with the saved settings.")
+
+
+def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_classes: int,
+          examples: Examples, base_lr: float, mesh) -> FinetuneState:
+  """One fine-tuning run on ``examples`` at ``base_lr``; checkpoints and resumes in ``run_dir``."""
+  ft = config.finetune
+  process_batch = parallel.check_batch_size(ft.batch_size, mesh, "finetune.batch_size")
+  num_train = examples.size()
+  total = schedules.epochs_to_steps(ft.num_epochs, num_train, ft.batch_size)
+  optimizer, schedule = make_optimizer(config, total, base_lr, num_train)
+  head = LinearHead(num_classes).init(jax.random.key(config.seed),
+                                      jnp.zeros((1, encoder.num_features)))["params"]
+  params = {"encoder": variables["params"], "head": head}
+  state = FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
+                        batch_stats={"encoder": variables["batch_stats"]},
+                        opt_state=optimizer.init(params))
+  state = parallel.replicate(state, mesh)
+  ckpt = checkpoint.Checkpointer(run_dir, keep=ft.keep_checkpoints)
+  start = 0
+  if ckpt.latest_step() is not None:
+    tree, meta = ckpt.restore(state.to_dict())
+    _check_resume(meta, config, info, base_lr)
+    state = state.replace_from_dict(tree)
+    start = int(state.step)
+    logging.info("Resumed fine-tuning in %s at step %d/%d.", run_dir, start, total)
+  logging.info("Fine-tuning on %s: %d steps of batch %d, base lr %g, %d classes.",
+               examples.describe(), total, ft.batch_size, base_lr, num_classes)
+  if start >= total:
+    ckpt.close()
+    return state
+  replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  step_fn = jax.jit(make_train_step(encoder, num_classes, optimizer, schedule),
+                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                    donate_argnums=0)
+  stream = pipeline.device_prefetch(
+      examples.batches(batch_size=process_batch, image_size=ft.image_size, train_augment=True,
+                       seed=config.seed, repeat=True, start_step=start),
+      mesh, config.data.prefetch_to_device)
+  logger = MetricsLogger(run_dir, total_steps=total, global_batch_size=ft.batch_size)
+  meta = {"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"],
+          "base_lr": base_lr}
+  for step in range(start, total):
+    if step == start + 1:
+      logger.start(step)
+    state, metrics = step_fn(state, next(stream))
+    done = step + 1
+    if done % max(ft.log_every_steps, 1) == 0 or done == total:
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"Fine-tuning diverged (loss {metrics['loss']}) at step {done} "
+                                 f"with base lr {base_lr}. Fix: lower finetune.base_lr.")
+      logger.write(done, metrics)
+    if done % max(ft.checkpoint_every_steps, 1) == 0 or done == total:
+      ckpt.save(done, state.to_dict(), extra_json=meta)
+  ckpt.close()
+  logger.close()
+  return state
+
+
+def evaluate(config, encoder, state: FinetuneState, num_classes: int, examples: Examples, mesh,
+             what: str) -> dict[str, Any]:
+  """Top-1 / top-5 over every example of ``examples`` exactly once."""
+  ft = config.finetune
+  process_batch = ft.batch_size // jax.process_count()
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  batches = examples.batches(batch_size=process_batch, image_size=ft.image_size,
+                             train_augment=False, seed=0, repeat=False)
+  counts = accuracy.count_split(logits_fn(encoder, num_classes), variables, batches, mesh,
+                                progress=Progress(f"{what} ({examples.describe()})",
+                                                  examples.size()))
+  return accuracy.accuracies(counts)
+
+
+def _sweep(config, workdir: str, encoder, variables, info, num_classes: int, examples: Examples,
+           mesh) -> tuple[float, list[dict[str, Any]]]:
+  """Scores every rate of ``finetune.lr_grid`` on a hold-out; returns (best rate, scores)."""
+  ft = config.finetune
+  holdout_n = ft.holdout_examples or max(1, examples.size() // 10)
+  fit, holdout = examples.split_holdout(holdout_n, config.seed)
+  scores = []
+  for base_lr in ft.lr_grid:
+    run_dir = epath.Path(workdir) / SWEEP_DIR / f"lr_{base_lr:g}"
+    done_file = run_dir / RUN_RESULT
+    if done_file.exists():
+      score = json.loads(done_file.read_text())
+    else:
+      state = train(config, str(run_dir), encoder, variables, info, num_classes, fit,
+                    float(base_lr), mesh)
+      result = evaluate(config, encoder, state, num_classes, holdout, mesh, "hold-out")
+      score = {"base_lr": float(base_lr), "holdout_top1": result["top1"],
+               "holdout_top5": result["top5"], "num_holdout": result["num_examples"]}
+      if jax.process_index() == 0:
+        done_file.write_text(json.dumps(score))
+    scores.append(score)
+    logging.info("Sweep: base lr %g -> hold-out top-1 %.2f%%.", base_lr, score["holdout_top1"])
+  best = min(scores, key=lambda s: (-s["holdout_top1"], s["base_lr"]))["base_lr"]
+  return best, scores
+
+
+def finetune_and_evaluate(config, workdir: str, encoder, variables, info: dict[str, Any],
+                          mesh=None) -> dict[str, Any]:
+  """Selects the rate (if a grid is given), fine-tunes, reports the eval split.
+
+  Args:
+    config: experiment config (``config.data`` is the dataset, ``config.finetune`` the recipe).
+    workdir: where the runs checkpoint (the final run at the top, sweep runs below it).
+    encoder, variables, info: the pretrained encoder (see eval_pretrained.load_pretrained).
+
+  Returns:
+    The results dict written by the job (test top-1/top-5, subset, sweep, settings).
+  """
+  mesh = mesh or parallel.make_mesh()
+  data_config, examples, subset = training_examples(config)
+  num_classes = int(pipeline.num_classes(data_config))
+  if num_classes <= 0:
+    raise ConfigError(f"{data_config.data.dataset!r} has no class labels; fine-tuning needs them.")
+  sweep: list[dict[str, Any]] = []
+  base_lr = float(config.finetune.base_lr)
+  if len(config.finetune.lr_grid) > 1:
+    base_lr, sweep = _sweep(data_config, workdir, encoder, variables, info, num_classes,
+                            examples, mesh)
+  elif len(config.finetune.lr_grid) == 1:
+    base_lr = float(config.finetune.lr_grid[0])
+  state = train(data_config, workdir, encoder, variables, info, num_classes, examples, base_lr,
+                mesh)
+  test = evaluate(data_config, encoder, state, num_classes,
+                  Examples(data_config, data_config.data.eval_split), mesh, "test")
+  ft = config.finetune
+  return {
+      "protocol": "finetune", "encoder": info,
+      "data": {"source": data_config.data.source, "dataset": dataset_name(data_config),
+               "train": subset, "test_split": data_config.data.eval_split,
+               "num_classes": num_classes},
+      "selected": {"base_lr": base_lr, "peak_lr": base_lr * ft.batch_size / 256.0},
+      "sweep": sweep, "test": test,
+      "settings": {k: checkpoint.config_to_json(config)["finetune"][k] for k in _RESUME_FIELDS},
+  }
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  encoder, variables, info = eval_pretrained.load_pretrained(config)
+  results = finetune_and_evaluate(config, workdir, encoder, variables, info)
+  eval_results.write_results(workdir, results, results_markdown(results))
+  return results
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+  data, test = results["data"], results["test"]
+  lines = [f"# Fine-tuning: {results['encoder']['architecture']} from {results['encoder']['path']}",
+           "", f"Trained on {data['train']['kind']} ({data['train']['num_examples']} examples "
+           f"of {data['dataset']}) at base lr {results['selected']['base_lr']:g}.", "",
+           f"Test ({data['test_split']}, {test['num_examples']} images): **top-1 "
+           f"{test['top1']:.2f}%**, top-5 {test['top5']:.2f}%.", ""]
+  if results["sweep"]:
+    rows = [[f"{s['base_lr']:g}" + (" (selected)" if s["base_lr"] == results["selected"]["base_lr"]
+                                     else ""), s.get("holdout_top1", math.nan)]
+            for s in results["sweep"]]
+    lines += ["Rate selection on the hold-out:", "",
+              eval_results.table(["base lr", "hold-out top-1 (%)"], rows)]
+  return "\n".join(lines)

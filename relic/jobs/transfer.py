@@ -1,0 +1,185 @@
+"""``config.job = 'transfer'``: linear and fine-tune transfer to other datasets, one or many.
+
+Protocols (method.md section 5, as in the BYOL / SimCLR transfer tables):
+  * ``'linear'``: L2-regularised multinomial logistic regression on frozen features of the
+    centre crop (BN in inference mode); the L2 strength is chosen on a held-out
+    ``transfer.val_fraction`` of the train split, the classifier refit on the whole train split
+    and scored on the test split (relic/evaluators/linear.py). Top-1 and mean per-class
+    accuracy are both reported; the literature uses the latter for Pets, Caltech-101, Flowers.
+  * ``'finetune'``: the whole network + a new head, trained with ``config.finetune`` (the same
+    code as the finetune job; ``finetune.lr_grid`` enables its hold-out rate selection).
+
+One command scores one dataset or a list (``transfer.datasets``, see
+relic/jobs/eval_transfer_datasets.py for the names, the tfds mapping and the substitutes).
+Each dataset writes ``WORKDIR/<name>/results.json``; a restarted command skips the datasets that
+are finished for the same encoder. The top-level ``results.json`` / ``results.md`` hold the
+summary table across datasets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+
+from relic import parallel
+from relic.config import ConfigError
+from relic.data import pipeline
+from relic.evaluators import features as features_lib, linear
+from relic.evaluators.progress import Progress
+from relic.jobs import eval_examples, eval_pretrained, eval_results, finetune
+from relic.jobs.eval_transfer_datasets import TransferDataset, dataset_config, expand, resolve
+
+PROTOCOLS = ("linear", "finetune")
+
+
+def datasets(config) -> list[TransferDataset]:
+  entries = expand(config.transfer.datasets)
+  if not entries:
+    raise ConfigError("config.transfer.datasets is empty. Fix: name at least one dataset, e.g. "
+                      "--config.transfer.datasets=cifar10 (or 'cifar10,dtd').")
+  return [resolve(entry) for entry in entries]
+
+
+def protocols(config) -> list[str]:
+  chosen = expand(config.transfer.protocols)
+  unknown = sorted(set(chosen) - set(PROTOCOLS))
+  if not chosen or unknown:
+    raise ConfigError(f"config.transfer.protocols: unknown or empty {chosen}. Fix: use "
+                      f"'linear', 'finetune' or both, e.g. 'linear,finetune'.")
+  return chosen
+
+
+def validate(config) -> None:
+  """Every dataset must be readable before the first one is evaluated."""
+  eval_pretrained.check_pretrained(config)
+  t = config.transfer
+  if t.batch_size <= 0 or t.image_size <= 0 or not 0 < t.val_fraction < 1 or t.max_iter <= 0:
+    raise ConfigError(f"config.transfer: need batch_size > 0, image_size > 0, 0 < val_fraction "
+                      f"< 1, max_iter > 0; got {t.batch_size}, {t.image_size}, "
+                      f"{t.val_fraction}, {t.max_iter}. Fix: e.g. 256, 224, 0.2, 1000.")
+  if "finetune" in protocols(config):
+    finetune.check_settings(config)
+  problems = []
+  for dataset in datasets(config):
+    try:
+      pipeline.check_data_config(eval_examples.eval_data_config(dataset_config(config, dataset)))
+    except ConfigError as e:
+      problems.append(f"  {dataset.name}: {e}")
+  if problems:
+    raise ConfigError("some transfer datasets cannot be read:\n" + "\n".join(problems) +
+                      "\nFix: prepare them (the messages say how) or leave them out of "
+                      "config.transfer.datasets.")
+
+
+def _counted(batches: Iterable[dict], progress: Progress) -> Iterator[dict]:
+  for batch in batches:
+    progress.update(int(np.asarray(batch["valid"]).sum()) * jax.process_count())
+    yield batch
+
+
+def _features(config, encoder, variables, mesh, split: str, max_examples: int, what: str):
+  t = config.transfer
+  process_batch = parallel.check_batch_size(t.batch_size, mesh, "transfer.batch_size")
+  total = pipeline.num_examples(config, split)
+  if max_examples:
+    total = min(total, max_examples)
+  batches = pipeline.eval_batches(config, split=split, batch_size=process_batch,
+                                  image_size=t.image_size)
+  return features_lib.extract_features(encoder, variables,
+                                       _counted(batches, Progress(what, total)), mesh,
+                                       max_examples=max_examples)
+
+
+def mean_per_class_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over the classes present in ``labels`` of each class's accuracy (%)."""
+  classes = np.unique(labels)
+  return float(100.0 * np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
+
+
+def linear_transfer(config, encoder, variables, mesh, name: str) -> dict[str, Any]:
+  """Logistic regression on frozen features; L2 chosen on a held-out part of train."""
+  t = config.transfer
+  num_classes = int(pipeline.num_classes(config))
+  train_x, train_y = _features(config, encoder, variables, mesh, config.data.train_split,
+                               t.num_train_examples, f"{name} train features")
+  test_x, test_y = _features(config, encoder, variables, mesh, config.data.eval_split, 0,
+                             f"{name} test features")
+  l2_grid = tuple(t.l2_grid) or linear.DEFAULT_L2_GRID
+  result = linear.select_and_evaluate(train_x, train_y, test_x, test_y, num_classes=num_classes,
+                                      l2_grid=l2_grid, val_fraction=t.val_fraction,
+                                      seed=config.seed, max_iter=t.max_iter)
+  # The same refit as inside select_and_evaluate, to read per-class predictions from it.
+  model = linear.fit(train_x, train_y, num_classes=num_classes, l2=result["l2"],
+                     max_iter=t.max_iter)
+  logits = model["standardize"](test_x) @ model["params"]["w"] + model["params"]["b"]
+  predictions = np.asarray(jax.device_get(logits)).argmax(-1)
+  return {"top1": result["top1"], "top5": result["top5"],
+          "mean_per_class": mean_per_class_accuracy(predictions, test_y), "l2": result["l2"],
+          "val_top1": result["val_top1"], "num_train": int(len(train_x)),
+          "num_test": int(len(test_x)), "num_classes": num_classes}
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  encoder, variables, info = eval_pretrained.load_pretrained(config)
+  mesh = parallel.make_mesh()
+  chosen = protocols(config)
+  summary: dict[str, Any] = {"protocol": "transfer", "encoder": info, "protocols": chosen,
+                             "datasets": {}}
+  for dataset in datasets(config):
+    directory = epath.Path(workdir) / dataset.name
+    previous = eval_results.read_results(str(directory)) or {}
+    if previous.get("fingerprint") != info["fingerprint"]:
+      previous = {}  # another encoder's results: nothing to reuse
+    if previous and all(p in previous for p in chosen):
+      logging.info("Transfer to %s already done in %s; reusing it.", dataset.name, directory)
+      summary["datasets"][dataset.name] = previous
+      continue
+    cfg = eval_examples.eval_data_config(dataset_config(config, dataset))
+    entry: dict[str, Any] = {"dataset": dataset.dataset, "source": dataset.source,
+                             "train_split": dataset.train_split, "test_split": dataset.test_split,
+                             "metric": dataset.metric, "note": dataset.note,
+                             "fingerprint": info["fingerprint"]}
+    if "linear" in chosen:
+      entry["linear"] = previous.get("linear") or linear_transfer(cfg, encoder, variables, mesh,
+                                                                  dataset.name)
+      logging.info("Transfer %s linear: top-1 %.2f%%, mean per-class %.2f%%.", dataset.name,
+                   entry["linear"]["top1"], entry["linear"]["mean_per_class"])
+    if "finetune" in chosen:
+      result = finetune.finetune_and_evaluate(cfg, str(directory / "finetune"), encoder,
+                                              variables, info, mesh)
+      entry["finetune"] = {"top1": result["test"]["top1"], "top5": result["test"]["top5"],
+                           "base_lr": result["selected"]["base_lr"], "sweep": result["sweep"],
+                           "num_test": result["test"]["num_examples"],
+                           "train": result["data"]["train"]}
+    if jax.process_index() == 0:
+      directory.mkdir(parents=True, exist_ok=True)
+    eval_results.write_results(str(directory), entry, results_markdown(
+        {"encoder": info, "protocols": chosen, "datasets": {dataset.name: entry}}))
+    summary["datasets"][dataset.name] = entry
+  eval_results.write_results(workdir, summary, results_markdown(summary))
+  return summary
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+  """One row per dataset: the literature's metric, linear top-1 / mean per-class, fine-tune."""
+  enc = summary["encoder"]
+  header = ["dataset", "tfds / source", "metric"]
+  if "linear" in summary["protocols"]:
+    header += ["linear top-1 (%)", "linear mean per-class (%)"]
+  if "finetune" in summary["protocols"]:
+    header += ["fine-tune top-1 (%)"]
+  header.append("note")
+  rows = []
+  for name, entry in summary["datasets"].items():
+    row = [name, entry["dataset"], entry["metric"]]
+    if "linear" in summary["protocols"]:
+      row += [entry["linear"]["top1"], entry["linear"]["mean_per_class"]]
+    if "finetune" in summary["protocols"]:
+      row += [entry["finetune"]["top1"]]
+    rows.append(row + [entry.get("note", "")])
+  return (f"# Transfer: {enc['architecture']} from {enc['path']}\n\n" +
+          eval_results.table(header, rows))

@@ -1,0 +1,260 @@
+"""Evaluation jobs end to end on 8 simulated devices: built-in dataset (32 px) and tfds mock data.
+
+The pretrained encoder is a tiny ResNet written straight into a relic workdir in the train-state
+dict format (what a pretraining run leaves), with NumPy-drawn weights: no pretraining and no
+random-init compilation in the test's time budget.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+
+from relic import checkpoint, config as config_lib, workdir as workdir_lib
+from relic.config import ConfigError
+from relic.evaluators import linear_heads
+from relic.jobs import eval_pretrained, linear_probe
+from relic.jobs.eval_results import read_results
+from relic.main import run as run_job
+from relic.models import encoder_from_config
+
+TINY_MODEL = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True)
+NUM_TRAIN, NUM_TEST = 200, 100    # 100 test images: not a multiple of the global batch (32)
+
+
+def numpy_variables(encoder, seed: int = 0) -> dict:
+  """Variables of ``encoder`` drawn with NumPy (shapes from abstract evaluation)."""
+  shapes = jax.eval_shape(encoder.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> str:
+  """A relic workdir holding one checkpoint of a tiny encoder, as pretraining writes it."""
+  workdir = tmp_path_factory.mktemp("pretrained")
+  config = config_lib.base_config()
+  config.model.update(TINY_MODEL)
+  variables = numpy_variables(encoder_from_config(config.model))
+  state = {"online_params": {"encoder": variables["params"]},
+           "online_batch_stats": {"encoder": variables["batch_stats"]}, "step": np.int32(7)}
+  workdir_lib.write_config(config, str(workdir))
+  with checkpoint.Checkpointer(workdir, keep=1, async_save=False) as ckpt:
+    ckpt.save(7, state, extra_json={"config": checkpoint.config_to_json(config)})
+  return str(workdir)
+
+
+def run(config, workdir: str) -> dict:
+  """``relic.main.run`` (validation, then the job), then the job's results.json."""
+  run_job(config, workdir)
+  return read_results(workdir)
+
+
+def eval_config(job: str, pretrained: str):
+  config = config_lib.base_config()
+  config.job = job
+  config.pretrained = pretrained
+  config.data.source = "builtin"
+  config.data.mask_prob = 0.0
+  config.data.builtin.update(dict(num_train=NUM_TRAIN, num_test=NUM_TEST, image_size=32))
+  return config
+
+
+@pytest.fixture(scope="module")
+def probe(pretrained, tmp_path_factory):
+  """One finished linear probe: 2 rates side by side, hold-out train[:40], 5 steps of 32."""
+  config = eval_config("linear_probe", pretrained)
+  config.linear_probe.update(dict(batch_size=32, num_epochs=1.0, lr_grid=(0.1, 1.0),
+                                  holdout_examples=40, image_size=32, log_every_steps=1,
+                                  checkpoint_every_steps=3))
+  workdir = str(tmp_path_factory.mktemp("probe"))
+  return workdir, run(config, workdir), config
+
+
+def test_linear_probe_end_to_end(probe, pretrained):
+  workdir, results, config = probe
+  assert results["test"]["num_examples"] == NUM_TEST          # every test image exactly once
+  assert results["data"]["num_holdout"] == 40
+  assert results["data"]["fit_split"] == "train[40:200]"
+  assert [e["base_lr"] for e in results["sweep"]] == [0.1, 1.0]
+  assert all(0.0 <= e["holdout_top1"] <= 100.0 for e in results["sweep"])
+  assert results["selected"]["peak_lr"] == results["selected"]["base_lr"] * 32 / 256
+  # The frozen encoder: checked by the job on its device copy, and the checkpoint is intact.
+  assert results["encoder_unchanged"]
+  _, variables = checkpoint.restore_encoder(pretrained)
+  assert eval_pretrained.fingerprint(variables) == results["encoder"]["fingerprint"]
+  head, record = linear_probe.load_head(workdir)
+  assert head["linear"]["kernel"].shape == (32, 10) and head["linear"]["bias"].shape == (10,)
+  assert record["encoder"]["fingerprint"] == results["encoder"]["fingerprint"]
+  steps = [m["step"] for m in map(json.loads, (epath.Path(workdir) / "metrics.jsonl")
+                                  .read_text().splitlines()) if "train/loss_lr0.1" in m]
+  assert steps == [1, 2, 3, 4, 5]       # ceil(160 / 32) steps, logged with both rates
+  assert "(selected)" in (epath.Path(workdir) / "results.md").read_text()
+  # Rerunning the command resumes the finished heads from their checkpoint: same numbers.
+  again = run(config, workdir)
+  assert again["sweep"] == results["sweep"] and again["test"] == results["test"]
+
+
+def test_probe_step_leaves_encoder_params_and_bn_statistics_unchanged():
+  encoder = encoder_from_config(TINY_MODEL)
+  variables = numpy_variables(encoder, seed=1)
+  before = eval_pretrained.fingerprint(variables)
+  frozen = jax.device_put(variables)
+  optimizer = linear_heads.heads_optimizer(0.9)
+  step = jax.jit(linear_heads.make_train_step(
+      num_classes=3, learning_rates=(1.0,), total_steps=5, optimizer=optimizer,
+      features_fn=lambda enc, batch: encoder.apply(enc, batch["image"], train=False)),
+      donate_argnums=0)
+  state = linear_heads.init_heads(1, encoder.num_features, 3, optimizer)
+  images = np.random.default_rng(0).uniform(size=(16, 32, 32, 3)).astype(np.float32)
+  for _ in range(3):
+    state, _ = step(state, frozen, {"image": images, "label": np.arange(16) % 3,
+                                    "valid": np.ones(16, bool)})
+  assert eval_pretrained.fingerprint(jax.device_get(frozen)) == before
+  assert np.abs(np.asarray(state.params["linear"]["kernel"])).sum() > 0
+
+
+def test_robustness_scores_the_probe_head_on_test_and_test_ood(probe, tmp_path):
+  probe_dir, probe_results, _ = probe
+  config = eval_config("robustness", "")        # the encoder comes from the probe's record
+  config.robustness.update(dict(probe=probe_dir, batch_size=32))
+  results = run(config, str(tmp_path))
+  assert list(results["sets"]) == ["test", "test_ood"]
+  assert all(r["num_examples"] == NUM_TEST for r in results["sets"].values())
+  # The same head on the same split gives the probe's own test accuracy.
+  assert results["sets"]["test"]["top1"] == pytest.approx(probe_results["test"]["top1"])
+  assert results["sets"]["test"]["top5"] == pytest.approx(probe_results["test"]["top5"])
+  assert (tmp_path / "results.md").exists()
+
+
+def test_finetune_subset_changes_the_encoder_and_resumes(pretrained, tmp_path):
+  config = eval_config("finetune", pretrained)
+  config.finetune.update(dict(subset="10pct", batch_size=16, num_epochs=2.0, image_size=32,
+                              lr_grid=(0.5, 0.05), holdout_examples=4, log_every_steps=1,
+                              checkpoint_every_steps=2))
+  results = run(config, str(tmp_path))
+  train = results["data"]["train"]
+  assert train["num_examples"] == NUM_TRAIN // 10 and train["per_class"] == [2] * 10
+  # The sweep: each rate trained on 16 of the 20 examples, scored on a balanced hold-out of 4;
+  # the best rate (ties: the smaller) then trained on all 20.
+  assert [s["base_lr"] for s in results["sweep"]] == [0.5, 0.05]
+  assert all(s["num_holdout"] == 4 for s in results["sweep"])
+  best = max(results["sweep"], key=lambda s: (s["holdout_top1"], -s["base_lr"]))
+  assert results["selected"]["base_lr"] == best["base_lr"]
+  for s in results["sweep"]:
+    with checkpoint.Checkpointer(tmp_path / "sweep" / f"lr_{s['base_lr']:g}", keep=2) as ckpt:
+      assert ckpt.latest_step() == 2                     # ceil(2 epochs * 16 / 16)
+  assert results["test"]["num_examples"] == NUM_TEST
+  with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:
+    assert ckpt.latest_step() == 3                       # ceil(2 epochs * 20 / 16)
+  _, start = checkpoint.restore_encoder(pretrained)
+  tuned = _restore_finetuned(tmp_path)
+  for group in ("params", "batch_stats"):
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(start[group]),
+                                                      jax.tree.leaves(tuned[group]))]
+    assert any(changed), group
+  # Rerunning the command resumes the finished run: no training, same numbers.
+  again = run(config, str(tmp_path))
+  assert again["test"] == results["test"]
+
+
+def _restore_finetuned(workdir) -> dict:
+  import orbax.checkpoint as ocp
+  step_dir = epath.Path(workdir) / "checkpoints" / "3" / "state"
+  handler = ocp.PyTreeCheckpointHandler()
+  metadata = handler.metadata(step_dir).tree
+  tree = handler.restore(step_dir, args=ocp.args.PyTreeRestore(restore_args=jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)))
+  handler.close()
+  return {"params": tree["params"]["encoder"], "batch_stats": tree["batch_stats"]["encoder"]}
+
+
+def test_transfer_linear_on_tfds_mock_data(pretrained, tmp_path):
+  import tensorflow_datasets as tfds
+  config = eval_config("transfer", pretrained)
+  config.transfer.update(dict(datasets=("cifar10",), protocols=("linear",), batch_size=16,
+                              image_size=32, l2_grid=(1e-3, 1.0), max_iter=20))
+  with tfds.testing.mock_data(num_examples=44):          # 44: not a multiple of 16
+    results = run(config, str(tmp_path))
+  entry = results["datasets"]["cifar10"]
+  assert entry["linear"]["num_train"] == 44 and entry["linear"]["num_test"] == 44
+  assert entry["linear"]["l2"] in (1e-3, 1.0)
+  assert 0.0 <= entry["linear"]["mean_per_class"] <= 100.0
+  table = (tmp_path / "results.md").read_text()
+  assert "| cifar10 | cifar10 | top1 |" in table
+  assert (tmp_path / "cifar10" / "results.json").exists()
+
+
+def test_missing_pretrained_fails_before_compute(tmp_path):
+  config = eval_config("linear_probe", "")
+  with pytest.raises(ConfigError, match="config.pretrained is empty"):
+    run(config, str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_workdir_without_checkpoint_fails_naming_expected_and_found(tmp_path):
+  empty = tmp_path / "pretrain_run"
+  empty.mkdir()
+  (empty / "config.json").write_text("{}")
+  config = eval_config("linear_probe", str(empty))
+  with pytest.raises(FileNotFoundError) as error:
+    run(config, str(tmp_path / "out"))
+  message = str(error.value)
+  assert "holds no checkpoint" in message and "checkpoints" in message
+  assert "config.json" in message                      # what was found there
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("job", ["linear_probe", "finetune", "transfer"])
+def test_other_architecture_fails_naming_expected_and_found(pretrained, tmp_path, job):
+  config = eval_config(job, pretrained)
+  config.model.width_multiplier = 2
+  config.model.depth = 101
+  with pytest.raises(ConfigError) as error:
+    run(config, str(tmp_path / "out"))
+  message = str(error.value)
+  assert "config.model.width_multiplier: expected 2, found 1" in message
+  assert "config.model.depth: expected 101, found 18" in message
+  assert not (tmp_path / "out").exists()
+
+
+def test_probe_workdir_is_not_taken_for_a_pretrained_encoder(probe, tmp_path):
+  probe_dir, _, _ = probe
+  config = eval_config("finetune", probe_dir)
+  with pytest.raises(ConfigError, match="workdir of a 'linear_probe' job"):
+    run(config, str(tmp_path / "out"))
+
+
+def test_linear_probe_on_cached_features(pretrained, tmp_path):
+  config = eval_config("linear_probe", pretrained)
+  config.linear_probe.update(dict(batch_size=32, num_epochs=3.0, lr_grid=(0.3,),
+                                  holdout_examples=0, image_size=32, train_augment=False,
+                                  precompute_features=True, log_every_steps=5))
+  results = run(config, str(tmp_path))
+  assert results["data"]["holdout_split"] is None and results["data"]["fit_split"] == "train"
+  assert results["test"]["num_examples"] == NUM_TEST and results["encoder_unchanged"]
+  assert results["settings"]["precompute_features"]
+
+
+def test_cached_batches_are_a_pure_function_of_the_step():
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  features = np.arange(50, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+  labels = np.arange(50, dtype=np.int32)
+  draw = linear_probe._CachedBatches(features, labels, 16, seed=0, mesh=mesh)
+  seen = np.concatenate([np.asarray(draw(step)["label"]) for step in range(25)])  # 8 epochs
+  for epoch in range(8):
+    assert sorted(seen[epoch * 50:(epoch + 1) * 50]) == list(range(50))   # each once per epoch
+  fresh = linear_probe._CachedBatches(features, labels, 16, seed=0, mesh=mesh)
+  np.testing.assert_array_equal(np.asarray(fresh(13)["label"]), seen[13 * 16:14 * 16])

@@ -1,0 +1,168 @@
+"""Evaluation building blocks: class subsets, label subsets, exact counts, side-by-side heads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from relic import config as config_lib
+from relic import parallel
+from relic.config import ConfigError
+from relic.evaluators import accuracy, class_subsets, label_subsets, linear_heads
+from relic.jobs import eval_pretrained, eval_robustness_sets, eval_transfer_datasets, robustness
+
+
+def test_imagenet_r_classes_match_the_imagenet_label_order():
+  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+  with open(imagenet_common.label_names_file()) as f:
+    wnids = f.read().split()
+  assert len(wnids) == 1000
+  assert len(class_subsets.IMAGENET_R_WNIDS) == 200 == len(set(class_subsets.IMAGENET_R_WNIDS))
+  assert list(class_subsets.IMAGENET_R_INDICES) == [wnids.index(w) for w in
+                                                    class_subsets.IMAGENET_R_WNIDS]
+  # Spot checks against hendrycks/imagenet-r: goldfish (1) is in, tench (0) is not.
+  assert class_subsets.IMAGENET_R_INDICES[:3] == (1, 2, 4)
+  assert 0 not in class_subsets.IMAGENET_R_INDICES
+
+
+def test_restricted_predictions_only_name_subset_classes_and_counts_skip_padding():
+  logits = jnp.asarray([[9.0, 1.0, 2.0, 3.0],    # best overall is class 0 (outside the subset)
+                        [0.0, 5.0, 1.0, 4.0],
+                        [0.0, 0.0, 7.0, 0.0]])  # padding row: never counted
+  labels = jnp.asarray([3, 1, 2])
+  valid = jnp.asarray([True, True, False])
+  full = accuracy.correct_counts(logits, labels, valid)
+  assert (int(full["top1"]), int(full["count"])) == (1, 2)
+  restricted = accuracy.correct_counts(logits, labels, valid, class_indices=(1, 3))
+  assert int(restricted["top1"]) == 2   # class 0 can no longer be predicted
+  top = class_subsets.restricted_topk(logits, 5, (1, 3))
+  assert top.shape == (3, 2) and set(np.asarray(top).ravel()) <= {1, 3}
+
+
+def test_counts_are_exact_over_padded_batches_on_8_devices():
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(0)
+  n, batch = 45, 16                       # 45 is not a multiple of the global batch
+  x = rng.normal(size=(n, 6)).astype(np.float32)
+  y = rng.integers(0, 6, n).astype(np.int32)
+  batches = []
+  for i in range(0, 48, batch):
+    xb, yb = np.zeros((batch, 6), np.float32), np.full(batch, -1, np.int32)
+    part = slice(i, min(i + batch, n))
+    xb[:part.stop - i], yb[:part.stop - i] = x[part], y[part]
+    batches.append({"image": xb, "label": yb, "valid": np.arange(batch) < part.stop - i})
+  counts = accuracy.count_split(lambda p, images: images, {}, batches, mesh)
+  assert int(counts["count"]) == n
+  assert int(counts["top1"]) == int(np.sum(x.argmax(-1) == y))
+  assert accuracy.accuracies(counts)["num_examples"] == n
+
+
+@pytest.mark.parametrize("num_classes,total", [(10, 100), (10, 105), (7, 30)])
+def test_class_balanced_subset_exact_balanced_deterministic(num_classes, total):
+  labels = np.random.default_rng(1).permutation(np.arange(700) % num_classes)
+  chosen = label_subsets.class_balanced_subset(labels, total, seed=3)
+  assert len(chosen) == total == len(np.unique(chosen))
+  per_class = np.bincount(labels[chosen], minlength=num_classes)
+  assert per_class.max() - per_class.min() <= 1
+  np.testing.assert_array_equal(chosen, label_subsets.class_balanced_subset(labels, total, seed=3))
+  assert not np.array_equal(chosen, label_subsets.class_balanced_subset(labels, total, seed=4))
+
+
+def test_class_balanced_subset_fills_up_from_larger_classes():
+  labels = np.r_[np.zeros(3, int), np.ones(100, int), np.full(100, 2)]
+  chosen = label_subsets.class_balanced_subset(labels, 31, seed=0)
+  assert np.bincount(labels[chosen]).tolist() == [3, 14, 14]
+  assert label_subsets.subset_size(1_281_167, 0.01) == 12_812
+  with pytest.raises(ValueError):
+    label_subsets.subset_size(100, 0.0)
+
+
+def test_side_by_side_heads_separate_linearly_separable_features():
+  """Each head reaches ~100% on features separable by construction; rates stay independent."""
+  rng = np.random.default_rng(0)
+  num_classes, dim, n = 5, 16, 400
+  centres = rng.normal(size=(num_classes, dim)) * 3.0
+  labels = rng.integers(0, num_classes, n).astype(np.int32)
+  features = (centres[labels] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+  optimizer = linear_heads.heads_optimizer(0.9)
+  total = 60
+  step = jax.jit(linear_heads.make_train_step(
+      num_classes=num_classes, learning_rates=(0.05, 0.0), total_steps=total,
+      optimizer=optimizer, features_fn=lambda frozen, batch: batch["features"]))
+  state = linear_heads.init_heads(2, dim, num_classes, optimizer)
+  for i in range(total):
+    idx = rng.integers(0, n, 64)
+    state, metrics = step(state, {}, {"features": features[idx], "label": labels[idx],
+                                      "valid": np.ones(64, bool)})
+  logits = linear_heads.heads_logits(state.params, features, num_classes)
+  acc = (np.asarray(logits).argmax(-1) == labels).mean(-1)
+  assert acc[0] > 0.99
+  # The head with rate 0 never moved: the heads share batches, not updates.
+  assert np.all(np.asarray(state.params["linear"]["kernel"][1]) == 0)
+  assert int(state.step) == total and float(metrics["learning_rate"][0]) < 1e-3
+
+
+def test_architecture_check_names_expected_and_found():
+  config = config_lib.base_config()
+  found = {"depth": 50, "width_multiplier": 1, "stage_sizes": (), "base_width": 64,
+           "small_images": False}
+  eval_pretrained.check_architecture(config, found, "/ckpt")    # defaults: nothing requested
+  config.model.stage_sizes = (3, 4, 6, 3)                         # same layout, said explicitly
+  eval_pretrained.check_architecture(config, found, "/ckpt")
+  config.model.width_multiplier = 2
+  with pytest.raises(ConfigError, match=r"width_multiplier: expected 2, found 1") as error:
+    eval_pretrained.check_architecture(config, found, "/ckpt")
+  assert "ResNet-50 1x" in str(error.value)
+
+
+def test_transfer_names_substitutes_and_unavailable_datasets():
+  assert eval_transfer_datasets.expand(("cifar10,dtd", " food101")) == ["cifar10", "dtd",
+                                                                        "food101"]
+  assert eval_transfer_datasets.resolve("sun397").dataset == "sun397/tfds"
+  assert "Birdsnap" in eval_transfer_datasets.resolve("caltech_birds2011").note
+  custom = eval_transfer_datasets.resolve("stanford_dogs:train:test")
+  assert (custom.dataset, custom.train_split, custom.test_split) == ("stanford_dogs", "train",
+                                                                      "test")
+  assert eval_transfer_datasets.resolve("folder:/data/aircraft").source == "folder"
+  for name, hint in (("birdsnap", "caltech_birds2011"), ("voc2007", "multi-label"),
+                     ("fgvc_aircraft", "folder:")):
+    with pytest.raises(ConfigError, match=hint):
+      eval_transfer_datasets.resolve(name)
+  with pytest.raises(ConfigError, match="unknown dataset"):
+    eval_transfer_datasets.resolve("not_a_dataset")
+
+
+def test_robustness_suites():
+  config = config_lib.base_config()
+  sets = eval_robustness_sets.resolve(config)
+  names = [s.name for s in sets]
+  assert names[:5] == ["imagenet_v2_matched_frequency", "imagenet_v2_threshold_0.7",
+                       "imagenet_v2_topimages", "imagenet_r", "imagenet_sketch"]
+  corrupted = [s for s in sets if s.group]
+  assert len(corrupted) == 75 and corrupted[0].dataset == "imagenet2012_corrupted/gaussian_noise_1"
+  assert next(s for s in sets if s.name == "imagenet_r").class_subset == "imagenet_r"
+  config.data.source = "builtin"
+  assert [s.split for s in eval_robustness_sets.resolve(config)] == ["test", "test_ood"]
+  config.robustness.corruptions = ("fog",)
+  config.robustness.datasets = ("imagenet_c",)
+  config.data.source = "tfds"
+  assert len(eval_robustness_sets.resolve(config)) == 5
+  means = robustness.group_means({
+      "a": {"top1": 10.0, "top5": 20.0, "group": "imagenet_c/fog"},
+      "b": {"top1": 30.0, "top5": 40.0, "group": "imagenet_c/fog"},
+      "c": {"top1": 50.0, "top5": 60.0, "group": "imagenet_c/snow"}})
+  assert means["imagenet_c/fog"]["top1"] == 20.0 and means["imagenet_c"]["top1"] == 35.0
+
+
+def test_heads_optimizer_matches_optax_sgd_for_one_head():
+  """Momentum before the per-head rate is exactly optax's Nesterov SGD at that rate."""
+  params = {"w": jnp.ones((3,))}
+  grads = {"w": jnp.asarray([0.1, -0.2, 0.3])}
+  ours = linear_heads.heads_optimizer(0.9)
+  ref = optax.sgd(0.5, momentum=0.9, nesterov=True)
+  s1, s2 = ours.init(params), ref.init(params)
+  for _ in range(3):
+    u1, s1 = ours.update(grads, s1, params)
+    u2, s2 = ref.update(grads, s2, params)
+    np.testing.assert_allclose(-0.5 * u1["w"], u2["w"], rtol=1e-6)
