@@ -19,7 +19,7 @@ def get_config(arg=None):
   options = parse_config_arg(arg)
   check_config_args(options, ("runlocal",), "quickstart")
   config = base_config()
-  config.model.update(dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=32,
+  config.model.update(dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=16,
                            small_images=True, projector_hidden_dim=512,
                            projector_output_dim=128, predictor_hidden_dim=512))
   config.loss.update(dict(temperature=0.2, beta=1.0))

@@ -52,3 +52,66 @@ def to_global(tree: Any, mesh: Mesh) -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a host pytree (identical on every process) replicated on all devices."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def fsdp_partition_spec(shape: tuple[int, ...], num_devices: int) -> P:
+  """Where one leaf goes under FSDP: split over ``data`` on its largest divisible dimension.
+
+  Why the largest: it leaves the smallest shard per device and, for convolution and dense
+  kernels, is the channel dimension, so every device holds a slab of whole filters. Ties go to
+  the later dimension (output channels). A leaf with no dimension divisible by the device count
+  (BatchNorm vectors of odd widths, scalars) stays replicated: padding it would cost more in
+  collectives than it saves in memory.
+  """
+  candidates = [(size, axis) for axis, size in enumerate(shape)
+                if size >= num_devices and size % num_devices == 0]
+  if num_devices <= 1 or not candidates:
+    return P()
+  _, axis = max(candidates)
+  spec = [None] * len(shape)
+  spec[axis] = DATA_AXIS
+  return P(*spec)
+
+
+def state_sharding(state: Any, mesh: Mesh, *, fsdp: bool, min_size: int = 0) -> Any:
+  """Per-leaf ``NamedSharding`` of a train state (or any pytree of arrays / shape structs).
+
+  ``fsdp=False``: every leaf replicated (plain data parallelism).
+
+  ``fsdp=True`` (ZeRO-3 style): every leaf with ``ndim >= 1`` and at least ``min_size``
+  elements (online and target parameters, BatchNorm statistics, optimiser moments) is split
+  over the ``data`` axis by :func:`fsdp_partition_spec`; scalars (the step, optimiser counters)
+  and the RNG key stay replicated. Nothing else changes: the step is written on global arrays,
+  so under ``jax.jit`` XLA all-gathers each weight just before the forward/backward pass that
+  reads it and reduce-scatters its gradient into the owner's shard, and the optimiser and EMA
+  updates then run on the shards alone. Each device stores 1/N of the state (parameters, target,
+  momentum) at the price of one all-gather per weight per pass, which pays off only for the
+  widest encoders (ResNet-200 2x, ResNet-50 4x) where the replicated state would not fit.
+
+  Args:
+    state: the pytree to lay out; only leaf ``.shape`` is read, so ``jax.eval_shape`` output
+      works and the state can be created directly in place (``out_shardings`` of its init).
+    mesh: the mesh of :func:`make_mesh`.
+    fsdp: ``config.train.fsdp``.
+    min_size: leaves with fewer elements stay replicated (one collective per tiny vector is
+      latency, not savings).
+
+  Returns:
+    A pytree with the structure of ``state`` and a ``NamedSharding`` at every leaf, usable as
+    ``jax.jit`` in/out shardings and by :func:`shard_state`.
+  """
+  num_devices = mesh.shape[DATA_AXIS]
+
+  def leaf_sharding(leaf) -> NamedSharding:
+    shape = tuple(getattr(leaf, "shape", ()))
+    if not fsdp or not shape or int(np.prod(shape)) < min_size:
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, fsdp_partition_spec(shape, num_devices))
+
+  return jax.tree.map(leaf_sharding, state)
+
+
+def shard_state(state: Any, shardings: Any) -> Any:
+  """Moves a state onto the mesh in the layout of :func:`state_sharding` (device to device
+  when it already lives on devices; each device receives only its shards under FSDP)."""
+  return jax.device_put(state, shardings)

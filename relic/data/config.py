@@ -11,8 +11,11 @@ def data_config() -> ml_collections.ConfigDict:
       source="tfds",
       dataset="imagenet2012",
       data_dir="",            # tfds data_dir; '' = tfds default (~/tensorflow_datasets).
-      path="",                # image folder for source='folder'.
-      mask_path="",           # parallel folder of saliency masks (same relative paths).
+      path="",                # image folder for source='folder' (layout: relic/data/folder_source.py).
+      # Folder of saliency masks, same relative paths as the images (any image extension;
+      # tfds: matched by the example's file_name stem). Needed when mask_prob > 0, except for
+      # the built-in source, which has exact object masks.
+      mask_path="",
       train_split="train",
       eval_split="validation",
       # Views (method.md section 1). Presets cycle over a group's views: 'AB' -> A, B, A, B.
@@ -25,9 +28,13 @@ def data_config() -> ml_collections.ConfigDict:
       # Photometric augmentation inside the jitted step (True) or in tf.data on the host.
       augment_on_device=True,
       fake=False,             # synthetic batches: measure the step without the pipeline.
-      shuffle_buffer=10_000,
+      shuffle_buffer=10_000,  # tfds: undecoded records; folder/builtin shuffle fully.
       num_threads=0,          # tf.data threads per host; 0 = AUTOTUNE.
       prefetch_to_device=2,
-      # Built-in dataset (source='builtin').
+      # Generated data, validation verdicts and converted images; '' = $RELIC_CACHE or
+      # ~/.cache/relic.
+      cache_dir="",
+      # Built-in shapes dataset (source='builtin', relic/data/builtin.py); splits 'train',
+      # 'test' (num_test) and 'test_ood' (num_test, unseen background textures).
       builtin=dict(num_train=10_000, num_test=2_000, image_size=64, seed=0),
   ))

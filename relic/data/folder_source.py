@@ -1,0 +1,133 @@
+"""``config.data.source='folder'``: a directory of image files.
+
+Layout (``config.data.path = DIR``):
+  * Splits: if ``DIR/<split>`` exists (``train``, ``val``...; 'validation' and 'val' stand in
+    for each other) that folder is the split, else the whole of ``DIR`` serves every split.
+    tfds slicing works on top: ``train[:10000]`` is the first 10,000 files in sorted order.
+  * Labels: the sorted names of the sub-folders of the *training* split's folder are the
+    classes (ImageNet's ``train/n01440764/*.JPEG`` layout). A file's label is the index of the
+    first folder on its path below the split folder; files directly in the split folder, or
+    under a folder that is not a training class, get label -1. No sub-folders: no classes.
+  * Formats: anything ``tf.io.decode_image`` reads (JPEG, PNG, GIF, BMP, WebP) plus what Pillow
+    reads (TIFF...), converted once into the cache; unreadable files are skipped (counted in
+    the log). See relic/data/image_check.py.
+  * Saliency masks (``config.data.mask_path = MASKDIR``): the mask of ``DIR/a/b/x.jpg`` is
+    ``MASKDIR/a/b/x.<any image extension>``, matched by stem; grayscale, 255 = foreground,
+    any size (resized to the image). An image without a mask is used unmasked (counted in the
+    log).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from relic.data import builtin, decode, image_check, sources, splits
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp",
+                              ".tif", ".tiff"})
+
+
+def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
+  """All image files below ``folder`` (following links), sorted by path."""
+  found = []
+  for dirpath, _, filenames in os.walk(folder, followlinks=True):
+    found.extend(pathlib.Path(dirpath) / f for f in filenames
+                 if pathlib.Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+  return sorted(found)
+
+
+class FolderSource(sources.Source):
+  """Images (and optional masks) from folders; see the module docstring for the layout."""
+
+  def __init__(self, data: ml_collections.ConfigDict):
+    self.root = pathlib.Path(data.path).expanduser()
+    self.mask_root = pathlib.Path(data.mask_path).expanduser() if data.mask_path else None
+    self._cache = builtin.cache_root(data.cache_dir)
+    self._train_split = data.train_split
+    self._listings: dict[tuple[str, bool], dict[str, np.ndarray]] = {}
+
+  def split_dir(self, name: str) -> pathlib.Path:
+    present = tuple(d.name for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else ()
+    resolved = splits.resolve_name(name, present)
+    return self.root / resolved if resolved else self.root
+
+  def split_names(self) -> tuple[str, ...]:
+    names = [n for n in ("train", "val", "validation", "test")
+             if (self.root / n).is_dir()]
+    return tuple(names) or ("train",)
+
+  def classes(self) -> list[str]:
+    train_dir = self.split_dir(splits.parse(self._train_split)[0])
+    return sorted(d.name for d in train_dir.iterdir() if d.is_dir()) if train_dir.is_dir() else []
+
+  def num_classes(self) -> int:
+    return len(self.classes())
+
+  def _listing(self, name: str, with_masks: bool) -> dict[str, np.ndarray]:
+    """Validated files of a split: 'path', 'label', and 'mask_path' ('' = no mask)."""
+    if (name, with_masks) in self._listings:
+      return self._listings[(name, with_masks)]
+    folder = self.split_dir(name)
+    files = list_images(folder)
+    usable = image_check.validate([str(f) for f in files], self._cache, f"images under {folder}")
+    class_index = {c: i for i, c in enumerate(self.classes())}
+    paths, labels, masks = [], [], []
+    mask_files = self._mask_index() if with_masks else {}
+    for f in files:
+      if not usable[str(f)]:
+        continue
+      parts = f.relative_to(folder).parts
+      paths.append(usable[str(f)])
+      labels.append(class_index.get(parts[0], -1) if len(parts) > 1 else -1)
+      masks.append(mask_files.get(str(f.relative_to(self.root).with_suffix("")), ""))
+    if with_masks:
+      missing = sum(1 for m in masks if not m)
+      if missing:
+        logging.warning("%d of %d images under %s have no (readable) mask under %s; they are "
+                        "used unmasked.", missing, len(paths), folder, self.mask_root)
+    listing = dict(path=np.array(paths, dtype=object), label=np.array(labels, np.int32),
+                   mask_path=np.array(masks, dtype=object))
+    self._listings[(name, with_masks)] = listing
+    return listing
+
+  def _mask_index(self) -> dict[str, str]:
+    """Mask files by root-relative path without extension."""
+    files = list_images(self.mask_root)
+    usable = image_check.validate([str(f) for f in files], self._cache,
+                                  f"masks under {self.mask_root}")
+    return {str(f.relative_to(self.mask_root).with_suffix("")): usable[str(f)]
+            for f in files if usable[str(f)]}
+
+  def _slice(self, split: str, with_masks: bool) -> tuple[dict[str, np.ndarray], int, int]:
+    name, start, stop = splits.parse(split)
+    listing = self._listing(name, with_masks)
+    first, last = splits.bounds(start, stop, len(listing["path"]))
+    return listing, first, last
+
+  def num_examples(self, split: str) -> int:
+    _, first, last = self._slice(split, with_masks=False)
+    return last - first
+
+  def reader(self, split: str, *, process_index: int, process_count: int,
+             with_masks: bool) -> sources.Reader:
+    listing, first, last = self._slice(split, with_masks)
+    index = first + sources.share(last - first, process_index, process_count)
+    columns = {"path": listing["path"][index].astype(str), "label": listing["label"][index]}
+    if with_masks:
+      columns["mask_path"] = listing["mask_path"][index].astype(str)
+    return sources.IndexedReader(columns, last - first, _read_image,
+                                 _read_mask if with_masks else None)
+
+
+def _read_image(row) -> dict[str, tf.Tensor]:
+  return {"image": decode.decode_image(tf.io.read_file(row["path"])), "label": row["label"]}
+
+
+def _read_mask(row, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+  return decode.read_mask(row["mask_path"], height, width)

@@ -1,0 +1,59 @@
+"""Moving host batches onto the devices ahead of the step that needs them."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterator
+
+from jax.sharding import Mesh
+
+from relic import parallel
+
+_DONE = object()
+
+
+def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
+  """Yields ``parallel.to_global(batch, mesh)`` for each per-process batch of ``iterator``.
+
+  A background thread keeps ``size`` global batches ready, so host-to-device copies overlap
+  the running step. ``size=0`` converts in the caller's thread. An exception in the input
+  pipeline is raised in the consumer; abandoning the generator stops the thread.
+  """
+  if size <= 0:
+    for batch in iterator:
+      yield parallel.to_global(batch, mesh)
+    return
+  ready: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+
+  def put(item: Any) -> bool:
+    while not stop.is_set():
+      try:
+        ready.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def produce() -> None:
+    try:
+      for batch in iterator:
+        if not put(parallel.to_global(batch, mesh)):
+          return
+      put(_DONE)
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
+      put(e)
+
+  thread = threading.Thread(target=produce, name="relic-device-prefetch", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = ready.get()
+      if item is _DONE:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -1,0 +1,166 @@
+"""``config.data.source='tfds'``: any TensorFlow Datasets image dataset.
+
+Each process reads its own share: the split is cut into ``process_count * blocks`` even
+sub-splits (``tfds.even_splits``) and process ``p`` takes blocks ``p*K .. p*K+K-1``, so shares
+are disjoint and cover the split. An epoch's order is a random interleaving of the K blocks
+(a stateless shuffle of the block choices, seeded by the epoch) followed by a shuffle buffer
+of ``config.data.shuffle_buffer`` undecoded records with a seed derived from the epoch: no
+state carries from one epoch to the next, so a resumed run starts its epoch directly and only
+skips, undecoded, the records of the current epoch it has already consumed.
+
+Saliency masks come from ``config.data.mask_path``: the mask of an example is the image file
+below that folder whose stem is the example's ``file_name`` stem (imagenet2012 has that
+feature; datasets without it cannot take masks).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from relic.data import builtin, decode, image_check, seeds, sources
+
+_BLOCKS_PER_PROCESS = 16
+_MIN_BLOCK_SIZE = 1000
+
+MANUAL_DOWNLOADS = {
+    "imagenet2012": ("ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from "
+                     "https://image-net.org/download-images, after registering)"),
+}
+
+
+class DatasetMissingError(RuntimeError):
+  """The tfds dataset is not prepared in the data_dir; the message says how to prepare it."""
+
+
+def missing_message(name: str, data_dir: str, error: Exception) -> str:
+  """What was looked for, and the commands that provide it."""
+  builder_dir = data_dir or "~/tensorflow_datasets"
+  if name in MANUAL_DOWNLOADS:
+    steps = (f"{name} needs a manual download: put {MANUAL_DOWNLOADS[name]} in "
+             f"{builder_dir}/downloads/manual/, then run "
+             f"`tfds build {name} --data_dir={builder_dir}` once (it extracts and converts the "
+             "archives; about 150 GB of free disk space are needed)")
+  else:
+    steps = (f"run `tfds build {name} --data_dir={builder_dir}` on a machine with internet "
+             "access (copy the resulting folder here if this one has none)")
+  return (f"tfds dataset {name!r} is not prepared in data_dir={builder_dir!r} ({error}). "
+          f"To provide it: {steps}; set config.data.data_dir if it lives elsewhere.")
+
+
+class TfdsSource(sources.Source):
+  """A tfds image dataset; the first Image feature is the image, 'label' the class if present."""
+
+  def __init__(self, data: ml_collections.ConfigDict):
+    self.name = data.dataset
+    self.data_dir = data.data_dir
+    self.builder = tfds.builder(data.dataset, data_dir=data.data_dir or None)
+    self._shuffle_buffer = data.shuffle_buffer
+    self._mask_root = pathlib.Path(data.mask_path).expanduser() if data.mask_path else None
+    self._cache = builtin.cache_root(data.cache_dir)
+    features = self.builder.info.features
+    images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+    if not images:
+      raise ValueError(f"tfds dataset {self.name!r} has no image feature.")
+    self.image_key = images[0]
+    label = features["label"] if "label" in features else None
+    self._num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else 0
+    self.has_file_names = "file_name" in features
+
+  def as_dataset(self, split) -> tf.data.Dataset:
+    """Undecoded examples of a split, in stored order. Raises DatasetMissingError."""
+    try:
+      return self.builder.as_dataset(split=split, shuffle_files=False,
+                                     decoders={self.image_key: tfds.decode.SkipDecoding()})
+    except (AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as e:
+      raise DatasetMissingError(missing_message(self.name, self.data_dir, e)) from e
+
+  def num_examples(self, split: str) -> int:
+    try:
+      return self.builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+      # Unprepared metadata (e.g. tfds.testing.mock_data): count what as_dataset yields.
+      return int(self.as_dataset(split).cardinality())
+
+  def num_classes(self) -> int:
+    return self._num_classes
+
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(self.builder.info.splits.keys())
+
+  def reader(self, split: str, *, process_index: int, process_count: int,
+             with_masks: bool) -> sources.Reader:
+    global_size = self.num_examples(split)
+    blocks = max(1, min(_BLOCKS_PER_PROCESS, global_size // (process_count * _MIN_BLOCK_SIZE)))
+    subsplits = tfds.even_splits(split, n=process_count * blocks)
+    datasets = [self.as_dataset(s) for s in
+                subsplits[process_index * blocks:(process_index + 1) * blocks]]
+    masks = self._mask_table() if with_masks else None
+    return TfdsReader(datasets, global_size, self._shuffle_buffer, self.image_key, masks)
+
+  def _mask_table(self) -> tf.lookup.StaticHashTable:
+    """file_name stem -> mask file."""
+    from relic.data.folder_source import list_images  # pylint: disable=import-outside-toplevel
+    if not self.has_file_names:
+      raise ValueError(f"tfds dataset {self.name!r} has no 'file_name' feature to match "
+                       "saliency masks by; use config.data.mask_prob=0.")
+    files = list_images(self._mask_root)
+    usable = image_check.validate([str(f) for f in files], self._cache,
+                                  f"masks under {self._mask_root}")
+    stems = {f.stem: usable[str(f)] for f in files if usable[str(f)]}
+    keys = tf.constant(list(stems) or [""], tf.string)
+    values = tf.constant(list(stems.values()) or [""], tf.string)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values),
+                                     default_value="")
+
+
+class TfdsReader(sources.Reader):
+  """One process's blocks of a tfds split; see the module docstring for the epoch order."""
+
+  def __init__(self, datasets: list[tf.data.Dataset], global_size: int, shuffle_buffer: int,
+               image_key: str, masks: tf.lookup.StaticHashTable | None):
+    self._datasets = datasets
+    self._sizes = np.array([int(ds.cardinality()) for ds in datasets], np.int64)
+    self.size = int(self._sizes.sum())
+    self.global_size = global_size
+    self.has_masks = masks is not None
+    self._shuffle_buffer = shuffle_buffer
+    self._image_key = image_key
+    self._masks = masks
+
+  def epoch(self, root: tf.Tensor, epoch: tf.Tensor, shuffle: bool) -> tf.data.Dataset:
+    if not shuffle:
+      ds = self._datasets[0]
+      for other in self._datasets[1:]:
+        ds = ds.concatenate(other)
+    else:
+      choices = tf.random.experimental.stateless_shuffle(
+          tf.repeat(tf.range(len(self._datasets), dtype=tf.int64), self._sizes),
+          seed=seeds.epoch_key(root, epoch, seeds.EPOCH_ORDER))
+      ds = tf.data.Dataset.choose_from_datasets(
+          self._datasets, tf.data.Dataset.from_tensor_slices(choices))
+      if self._shuffle_buffer > 1:
+        ds = ds.shuffle(self._shuffle_buffer,
+                        seed=seeds.int64_seed(seeds.epoch_key(root, epoch, seeds.SHUFFLE_BUFFER)))
+    return ds.map(self._record)
+
+  def _record(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    record = {"image": example[self._image_key],
+              "label": tf.cast(example.get("label", tf.constant(-1)), tf.int32)}
+    if self._masks is not None:
+      stem = tf.strings.regex_replace(
+          tf.strings.regex_replace(example["file_name"], r"^.*/", ""), r"\.[^.]*$", "")
+      record["mask_path"] = self._masks.lookup(stem)
+    return record
+
+  def load(self, record) -> dict[str, tf.Tensor]:
+    return {"image": decode.decode_image(record["image"]), "label": record["label"]}
+
+  def load_mask(self, record, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    if self._masks is None:
+      return super().load_mask(record, height, width)
+    return decode.read_mask(record["mask_path"], height, width)

@@ -1,0 +1,115 @@
+"""Folder source: labels from sub-folders, bad and odd files, and start-up checks."""
+
+import io
+import itertools
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from relic import config as config_lib
+from relic.config import ConfigError
+from relic.data import pipeline
+
+
+def write(path, array, **kwargs):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(array).save(path, **kwargs)
+
+
+def folder_config(root, **data):
+  config = config_lib.base_config()
+  config.data.update({**dict(source="folder", path=str(root), mask_prob=0.0,
+                             cache_dir=str(root.parent / "cache")), **data})
+  config.data.views.large.update(dict(num=2, size=16))
+  config.data.views.small.update(dict(num=1, size=8))
+  return config
+
+
+def test_odd_and_broken_files_are_converted_or_skipped_and_counted(tmp_path, caplog):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  root = tmp_path / "images"
+  write(root / "good.jpg", rgb)
+  Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+  write(root / "gray.jpg", rgb[..., 0])
+  write(root / "rgba.png", np.concatenate([rgb, rgb[..., :1]], axis=-1))
+  write(root / "tiny.png", rgb[:5, :5])
+  write(root / "scan.tiff", rgb)                                   # TF cannot read TIFF
+  tf.io.write_file(str(root / "deep.png"), tf.io.encode_png(           # 16-bit RGB
+      tf.constant(rng.integers(0, 65536, (30, 30, 3)), tf.uint16)))
+  (root / "random.jpg").write_bytes(rng.bytes(2000))
+  jpeg = io.BytesIO()
+  Image.fromarray(rgb).save(jpeg, format="JPEG")
+  (root / "truncated.jpg").write_bytes(jpeg.getvalue()[:len(jpeg.getvalue()) // 2])
+  (root / "empty.png").write_bytes(b"")
+  (root / "notes.txt").write_text("not an image")                  # ignored by extension
+  config = folder_config(root)
+  pipeline.check_data_config(config)
+  with caplog.at_level(logging.WARNING):
+    assert pipeline.num_examples(config, "train") == 7             # 10 image files, 3 broken
+  assert "Skipping 3 of 10" in caplog.text and "Converted 1 of 10" in caplog.text
+  assert pipeline.num_classes(config) == 0
+  batches = list(itertools.islice(pipeline.pretrain_batches(config, batch_size=4, seed=0), 4))
+  assert all(b["large"].shape == (4, 2, 16, 16, 3) for b in batches)   # 16 views from 7 files
+  assert all((b["label"] == -1).all() for b in batches)               # no class folders
+  evals = list(pipeline.eval_batches(config, split="train", batch_size=4, image_size=16))
+  assert sum(b["valid"].sum() for b in evals) == 7
+
+
+def test_class_folders_splits_and_masks_by_stem(tmp_path):
+  rng = np.random.default_rng(1)
+  root, masks = tmp_path / "data", tmp_path / "masks"
+  for split, counts in (("train", {"cat": 3, "dog": 2}), ("val", {"cat": 1, "dog": 2})):
+    for name, count in counts.items():
+      for i in range(count):
+        write(root / split / name / f"{i}.png", rng.integers(0, 256, (20, 20, 3), np.uint8))
+  write(root / "train" / "loose.png", rng.integers(0, 256, (20, 20, 3), np.uint8))
+  write(masks / "train" / "cat" / "0.jpg", np.full((10, 10), 255, np.uint8))  # any size/format
+  config = folder_config(root, eval_split="validation", mask_path=str(masks), mask_prob=0.5)
+  pipeline.check_data_config(config)
+  assert pipeline.num_classes(config) == 2
+  assert pipeline.num_examples(config, "train") == 6
+  assert pipeline.num_examples(config, "validation") == 3          # 'val' folder
+  assert pipeline.num_examples(config, "train[1:]") == 5
+  labels = np.concatenate([b["label"][b["valid"]] for b in pipeline.eval_batches(
+      config, split="train", batch_size=4, image_size=8)])
+  np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, -1])       # sorted paths
+  from relic.data.sources import get_source
+  reader = get_source(config).reader("train", process_index=0, process_count=1, with_masks=True)
+  assert reader.has_masks
+  batch = next(pipeline.pretrain_batches(config, batch_size=6, seed=0))
+  assert batch["large"].shape == (6, 2, 16, 16, 3)
+
+
+def test_missing_data_fails_at_start_up_with_the_fix(tmp_path):
+  with pytest.raises(ConfigError, match="not found"):
+    pipeline.check_data_config(folder_config(tmp_path / "nowhere"))
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ConfigError, match="no image files"):
+    pipeline.check_data_config(folder_config(empty))
+  write(tmp_path / "ok" / "a.png", np.zeros((8, 8, 3), np.uint8))
+  with pytest.raises(ConfigError, match="mask_path=DIR"):
+    pipeline.check_data_config(folder_config(tmp_path / "ok", mask_prob=0.1))
+  with pytest.raises(ConfigError, match="mask folder"):
+    pipeline.check_data_config(folder_config(tmp_path / "ok", mask_prob=0.1,
+                                             mask_path=str(tmp_path / "no_masks")))
+  config = folder_config(tmp_path / "ok")
+  config.data.path = ""
+  with pytest.raises(ConfigError, match="config.data.path"):
+    pipeline.check_data_config(config)
+
+
+def test_unreadable_data_fails_at_start_instead_of_skipping_forever(tmp_path):
+  root = tmp_path / "vanishing"
+  for i in range(2):
+    write(root / f"{i}.png", np.zeros((8, 8, 3), np.uint8))
+  config = folder_config(root)
+  assert pipeline.num_examples(config, "train") == 2       # listed and validated
+  for path in root.iterdir():
+    path.unlink()                                           # then the disk goes away
+  with pytest.raises(RuntimeError, match="None of the first 2 examples"):
+    pipeline.pretrain_batches(config, batch_size=2, seed=0)

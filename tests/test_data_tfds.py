@@ -1,0 +1,97 @@
+"""tfds source on tfds.testing.mock_data (no files, no download)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from relic import config as config_lib
+from relic.config import ConfigError
+from relic.data import pipeline, tfds_source
+
+NUM = 13
+
+
+@pytest.fixture
+def config(tmp_path):
+  config = config_lib.base_config()
+  config.data.update(dict(source="tfds", dataset="imagenet2012", mask_prob=0.0,
+                          shuffle_buffer=8, data_dir=str(tmp_path / "tfds")))
+  config.data.views.large.update(dict(num=2, size=32))
+  config.data.views.small.update(dict(num=2, size=16))
+  return config
+
+
+def mock():
+  return tfds.testing.mock_data(num_examples=NUM, policy=tfds.testing.MockPolicy.USE_CODE)
+
+
+def test_missing_imagenet_explains_the_manual_download(config):
+  with pytest.raises(ConfigError) as error:
+    pipeline.check_data_config(config)
+  message = str(error.value)
+  assert "downloads/manual" in message and "ILSVRC2012_img_train.tar" in message
+  assert "tfds build imagenet2012" in message and config.data.data_dir in message
+  config.data.dataset = "no_such_dataset_xyz"
+  with pytest.raises(ConfigError, match="no tfds dataset named"):
+    pipeline.check_data_config(config)
+
+
+def test_mock_imagenet_batches_resume_and_pad(config):
+  with mock():
+    pipeline.check_data_config(config)
+    assert pipeline.num_classes(config) == 1000
+    assert pipeline.num_examples(config, "train") == NUM
+    batches = list(itertools.islice(pipeline.pretrain_batches(config, batch_size=4, seed=0), 5))
+    assert batches[0]["large"].shape == (4, 2, 32, 32, 3) and batches[0]["large"].dtype == np.uint8
+    assert batches[0]["small"].shape == (4, 2, 16, 16, 3)
+    assert all(((0 <= b["label"]) & (b["label"] < 1000)).all() for b in batches)
+    resumed = next(pipeline.pretrain_batches(config, batch_size=4, seed=0, start_step=4))
+    for key in resumed:                       # step 4 = element 16 = epoch 1, record 3
+      np.testing.assert_array_equal(resumed[key], batches[4][key])
+    evals = list(pipeline.eval_batches(config, split="validation", batch_size=5, image_size=24))
+    assert len(evals) == 3 and sum(b["valid"].sum() for b in evals) == NUM
+    assert evals[0]["image"].shape == (5, 24, 24, 3)
+
+
+def test_mock_cifar10_and_masks_need_file_names(config, tmp_path):
+  config.data.dataset = "cifar10"
+  config.data.eval_split = "test"
+  with mock():
+    pipeline.check_data_config(config)
+    assert pipeline.num_classes(config) == 10
+    batch = next(pipeline.pretrain_batches(config, batch_size=3, seed=1))
+    assert batch["large"].shape == (3, 2, 32, 32, 3)
+    (tmp_path / "masks").mkdir()
+    config.data.update(dict(mask_prob=0.5, mask_path=str(tmp_path / "masks")))
+    with pytest.raises(ConfigError, match="file_name"):
+      pipeline.check_data_config(config)
+    config.data.dataset = "imagenet2012"              # has file_name: masks matched by stem
+    config.data.eval_split = "validation"
+    pipeline.check_data_config(config)
+    batch = next(pipeline.pretrain_batches(config, batch_size=3, seed=1))
+    assert batch["large"].shape == (3, 2, 32, 32, 3)
+
+
+def test_processes_read_disjoint_even_splits(config, monkeypatch):
+  requested = []
+  real = tfds_source.TfdsSource.as_dataset
+
+  def record(self, split):
+    requested.append(split)
+    return real(self, split)
+
+  monkeypatch.setattr(tfds_source.TfdsSource, "as_dataset", record)
+  monkeypatch.setattr(tfds_source, "_MIN_BLOCK_SIZE", 1)
+  monkeypatch.setattr(tfds_source.TfdsSource, "num_examples", lambda self, split: 1000)
+  with mock():
+    shares = []
+    for index in range(2):
+      requested.clear()
+      source = tfds_source.TfdsSource(config.data)
+      source.reader("train", process_index=index, process_count=2, with_masks=False)
+      shares.append({(s.index, s.count) for s in requested})
+  blocks = tfds_source._BLOCKS_PER_PROCESS
+  assert shares[0] == {(i, 2 * blocks) for i in range(blocks)}
+  assert shares[1] == {(i, 2 * blocks) for i in range(blocks, 2 * blocks)}
