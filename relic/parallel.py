@@ -50,8 +50,21 @@ def to_global(tree: Any, mesh: Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a host pytree (identical on every process) replicated on all devices."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree that every process holds in full (host arrays, or arrays on this
+  process's devices) replicated on all devices of all processes.
+
+  ``jax.device_put`` cannot target devices of other processes; building each array from a
+  callback lets every process supply its own devices' copies, on one host or many.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
 
 
 def fsdp_partition_spec(shape: tuple[int, ...], num_devices: int) -> P:

@@ -2,7 +2,8 @@
 
 Shapes, dtypes and label range mimic ImageNet pretraining (1000 classes, 1,281,167 training
 and 50,000 evaluation examples). One batch is drawn from the seed and yielded again and again,
-so the host does no work per step.
+so the host does no work per step. The batch is drawn for the *global* batch and each process
+keeps its own slice, so the global batch is the same whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -31,18 +32,21 @@ def _pixels(rng: np.random.Generator, shape: tuple[int, ...], as_float: bool) ->
   return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
-def pretrain_batches(config: ml_collections.ConfigDict, *, batch_size: int,
-                     seed: int) -> Iterator[dict[str, np.ndarray]]:
+def pretrain_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
+                     process_index: int = 0,
+                     process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   views = config.data.views
   rng = np.random.default_rng(seed)
   host_float = not config.data.augment_on_device
-  batch = {"large": _pixels(rng, (batch_size, views.large.num, views.large.size,
+  total = batch_size * process_count
+  batch = {"large": _pixels(rng, (total, views.large.num, views.large.size,
                                   views.large.size, 3), host_float),
-           "label": rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32)}
+           "label": rng.integers(0, NUM_CLASSES, total, dtype=np.int32)}
   if views.small.num:
-    batch["small"] = _pixels(rng, (batch_size, views.small.num, views.small.size,
+    batch["small"] = _pixels(rng, (total, views.small.num, views.small.size,
                                    views.small.size, 3), host_float)
-  return itertools.repeat(batch)
+  own = slice(process_index * batch_size, (process_index + 1) * batch_size)
+  return itertools.repeat({k: v[own] for k, v in batch.items()})
 
 
 def eval_batches(split: str, *, batch_size: int, image_size: int, seed: int, repeat: bool,

@@ -141,7 +141,9 @@ def pretrain_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed
     raise ValueError(f"Need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}.")
   data = config.data
   if data.fake:
-    return fake.pretrain_batches(config, batch_size=batch_size, seed=seed)
+    process_index, process_count = _process()
+    return fake.pretrain_batches(config, batch_size=batch_size, seed=seed,
+                                 process_index=process_index, process_count=process_count)
   large, small = views.view_specs(config)
   with_masks = data.mask_prob > 0 and any(spec.maskable for spec in large)
   process_index, process_count = _process()

@@ -107,11 +107,15 @@ def run(config, workdir: str) -> dict[str, Any]:
   num_classes = _probe_classes(config)
   online, target = networks_from_config(config.model)
 
-  state = create_train_state(jax.random.key(config.seed), online=online, target=target,
-                             optimizer=optimizer, probe_optimizer=probe_optimizer,
-                             num_classes=num_classes, image_size=config.data.views.large.size)
-  shardings = parallel.state_sharding(state, mesh, fsdp=config.train.fsdp)
-  state = jax.device_put(state, shardings)
+  def init_state() -> TrainState:
+    return create_train_state(jax.random.key(config.seed), online=online, target=target,
+                              optimizer=optimizer, probe_optimizer=probe_optimizer,
+                              num_classes=num_classes, image_size=config.data.views.large.size)
+
+  # Initialised in place, already in its layout: every process computes the same values for
+  # its own devices, and no host ever holds a full copy of a wide model's state.
+  shardings = parallel.state_sharding(jax.eval_shape(init_state), mesh, fsdp=config.train.fsdp)
+  state = jax.jit(init_state, out_shardings=shardings)()
   step_fn = jit_pretrain_step(
       make_pretrain_step(config, online=online, target=target, optimizer=optimizer,
                          probe_optimizer=probe_optimizer, learning_rate=lr, ema_rate=ema,
