@@ -30,7 +30,7 @@ def get_config(arg=None):
   config.data.builtin.update(dict(num_train=10_000, num_test=2_000, image_size=64))
   config.data.views.large.update(dict(num=2, size=32, min_scale=0.25, max_scale=1.0))
   config.data.views.small.update(dict(num=2, size=16, min_scale=0.1, max_scale=0.35))
-  config.train.update(dict(batch_size=256, num_epochs=12.0, num_train_examples=0,
+  config.train.update(dict(batch_size=256, num_epochs=6.0, num_train_examples=0,
                            log_every_steps=20, checkpoint_every_steps=200,
                            eval_every_steps=0))
   config.probe.lr = 0.1

@@ -2,6 +2,8 @@
 
 Command (TPU VM pod slice or GPU node; the same command on every host):
   python -m relic.main --config=configs/resnet200.py --workdir=gs://BUCKET/relic_resnet200
+  Saliency masks: add --config.data.mask_path=MASKS (one PNG per image, see README) or
+  --config.data.mask_prob=0 to train without masking.
   Presets: configs/resnet200.py:epochs=300 or :epochs=100; a seconds-long CPU smoke run of the
   same code paths: configs/resnet200.py:runlocal.
 Then linear evaluation:

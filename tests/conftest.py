@@ -8,3 +8,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# torchvision (interop tests) must be loaded before TensorFlow: importing it after TensorFlow
+# in one process crashes while torch probes its triton package.
+try:
+  import torchvision  # noqa: F401,E402
+except ImportError:
+  pass

@@ -2,12 +2,15 @@
 # ReLICv2 ImageNet pretraining + linear evaluation on one 8-GPU node (one process, 8 devices).
 # Usage: WORKDIR=/checkpoints/relic_r50 TFDS_DIR=/data/tensorflow_datasets bash gpu_node.sh
 set -euo pipefail
+# Saliency masks (ReLICv2 masks large views with p=0.1): MASKS=dir of PNGs, else masking is off.
+MASK_ARGS=${MASKS:+--config.data.mask_path=$MASKS}
+MASK_ARGS=${MASK_ARGS:---config.data.mask_prob=0}
 : "${WORKDIR:?}" "${TFDS_DIR:?}"
 CONFIG=${CONFIG:-resnet50}
 pip install -e ".[cuda12]"
 # Batch 4096 = 512 per GPU does not fit 80 GB in float32 with 4x224 + 2x96 views: use bfloat16
 # compute and per-block rematerialisation (results unchanged within tolerance, see README).
 python -m relic.main --config=configs/${CONFIG}.py --workdir="$WORKDIR" \
-  --config.data.data_dir="$TFDS_DIR" --config.model.dtype=bfloat16 --config.model.remat=True
+  --config.data.data_dir="$TFDS_DIR" --config.model.dtype=bfloat16 --config.model.remat=True $MASK_ARGS
 python -m relic.main --config=configs/linear_probe.py --config.pretrained="$WORKDIR" \
   --workdir="${WORKDIR}_linear" --config.data.data_dir="$TFDS_DIR"
