@@ -27,9 +27,11 @@ setup(
         "cuda12": ["jax[cuda12]==0.10.2"],
         "cuda13": ["jax[cuda13]==0.10.2"],
         "tpu": ["jax[tpu]==0.10.2"],
-        # Interop tests and the PyTorch export need CPU torch/torchvision and Haiku.
+        # Interop tests and the PyTorch export need CPU torch/torchvision and Haiku; the
+        # ablation script plots with matplotlib.
         "test": ["pytest", "ruff", "dm-haiku==0.0.17", "torch==2.14.1",
-                 "torchvision==0.29.1", "scikit-image"],
+                 "torchvision==0.29.1", "scikit-image", "matplotlib"],
+        "experiments": ["matplotlib"],
     },
     entry_points={"console_scripts": ["relic=relic.main:cli"]},
 )

@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
       stage_sizes=(),           # () = the depth's standard layout; e.g. (1, 1, 1, 1) for tests.
       base_width=64,
       small_images=False,       # CIFAR-style stem for ~32 px inputs.
+      zero_init_residual=True,  # blocks start as the identity (paper); False learns faster early.
       dtype="float32",          # compute dtype: 'float32' or 'bfloat16'.
       padding="torchvision",    # 'torchvision' or 'same' (Haiku/TF), see relic/models/resnet.py.
       remat=False,
@@ -33,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
       predictor_hidden_dim=4096,
   ))
   config.loss = ml_collections.ConfigDict(dict(
+      # 'relicv2', or 'supervised': cross-entropy on the labels over the same views, network
+      # and schedule (the online network's output are the logits, so projector_output_dim
+      # must equal the number of classes); a reference for ablations, not a method.
+      objective="relicv2",
       temperature=0.1,
       beta=1.0,                 # weight of the invariance (KL) term; 0 = InfoNCE.
       num_negatives=0,          # 0 = the whole global batch; n > 0 samples n per anchor.
@@ -221,6 +226,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"unknown source {d.source!r}", "choose 'tfds', 'folder' or 'builtin'")
   _require(0.0 <= d.mask_prob <= 1.0, "data.mask_prob",
            f"must be a probability in [0, 1], got {d.mask_prob}", "use e.g. 0.1, or 0 to disable")
+  _require(0.0 <= d.grayscale_prob <= 1.0, "data.grayscale_prob",
+           f"must be a probability in [0, 1], got {d.grayscale_prob}", "use e.g. 0.2 (BYOL's)")
+  _require(d.color_jitter_strength >= 0, "data.color_jitter_strength",
+           f"must be >= 0, got {d.color_jitter_strength}",
+           "use 1 for BYOL's colour jitter, 0 to disable it, 2 for SimCLR's strength 1")
   for group in ("large", "small"):
     v = d.views[group]
     _require(v.num >= 0, f"data.views.{group}.num", f"must be >= 0, got {v.num}",

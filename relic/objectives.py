@@ -131,3 +131,26 @@ def relicv2_loss(online: jax.Array, target: jax.Array, *, temperature: float, be
   num_pairs = num_online * num_target
   loss = total / num_pairs
   return loss, dict(loss=loss, **{k: v / num_pairs for k, v in parts.items()})
+
+
+def supervised_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy over every view: the supervised reference trained exactly like ReLICv2.
+
+  Args:
+    logits: (V, B, C) class logits of all V views (the online network's output with
+      ``projector_output_dim = C``).
+    labels: (B,) integer labels; -1 marks an unlabelled image, which is ignored.
+
+  Returns:
+    (mean cross-entropy over labelled (view, image) pairs, metrics with the loss and top-1).
+  """
+  logits = logits.astype(jnp.float32)
+  labels = jnp.broadcast_to(labels, logits.shape[:2])
+  valid = labels >= 0
+  safe = jnp.where(valid, labels, 0)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  losses = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+  count = jnp.maximum(valid.sum(), 1)
+  loss = jnp.sum(jnp.where(valid, losses, 0.0)) / count
+  accuracy = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == safe)) / count
+  return loss, dict(loss=loss, accuracy=accuracy)

@@ -73,11 +73,14 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
   num_negatives = int(loss_cfg.num_negatives) or None
   augment = bool(config.data.augment_on_device)
   skip_nonfinite = config.train.nan_policy == "skip"
+  supervised = loss_cfg.objective == "supervised"
   probe = LinearHead(num_classes) if num_classes else None
   if augment:
     from relic.data import augment as augment_lib  # pylint: disable=import-outside-toplevel
     from relic.data import views as views_lib  # pylint: disable=import-outside-toplevel
+    from relic.data import augment_spec  # pylint: disable=import-outside-toplevel
     large_presets, small_presets = views_lib.view_presets(config)
+    photometric = augment_spec.Photometric.from_config(config.data)
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
@@ -86,9 +89,9 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
     small = batch.get("small")
     has_small = small is not None and small.shape[1] > 0
     if augment:
-      large = augment_lib.augment_views(rng_large, large, large_presets)
+      large = augment_lib.augment_views(rng_large, large, large_presets, photometric)
       if has_small:
-        small = augment_lib.augment_views(rng_small, small, small_presets)
+        small = augment_lib.augment_views(rng_small, small, small_presets, photometric)
     else:
       large = _to_float_images(large)
       small = _to_float_images(small) if has_small else None
@@ -96,11 +99,15 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
     num_small = small.shape[1] if has_small else 0
 
     # Target branch: large views only, BN with batch statistics, its own running statistics;
-    # outside the gradient computation (stop-gradient by construction).
-    (_, target_proj, _), target_updates = target.apply(
-        {"params": state.target_params, "batch_stats": state.target_batch_stats},
-        _merge_views(large), train=True, mutable=["batch_stats"])
-    target_proj = _split_views(jax.lax.stop_gradient(target_proj), num_large)
+    # outside the gradient computation (stop-gradient by construction). The supervised
+    # reference has no use for it (its target stays an EMA of the online network).
+    target_stats = state.target_batch_stats
+    if not supervised:
+      (_, target_proj, _), target_updates = target.apply(
+          {"params": state.target_params, "batch_stats": state.target_batch_stats},
+          _merge_views(large), train=True, mutable=["batch_stats"])
+      target_proj = _split_views(jax.lax.stop_gradient(target_proj), num_large)
+      target_stats = target_updates["batch_stats"]
 
     def loss_fn(params):
       variables = {"params": params, "batch_stats": state.online_batch_stats}
@@ -113,9 +120,13 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
         (_, _, out_small), _ = online.apply(variables, _merge_views(small), train=True,
                                             mutable=["batch_stats"])
         outputs.append(_split_views(out_small, num_small))
-      loss, metrics = objectives.relicv2_loss(
-          jnp.concatenate(outputs, axis=0), target_proj, temperature=loss_cfg.temperature,
-          beta=loss_cfg.beta, num_negatives=num_negatives, rng=rng_loss)
+      if supervised:
+        loss, metrics = objectives.supervised_loss(jnp.concatenate(outputs, axis=0),
+                                                   batch["label"])
+      else:
+        loss, metrics = objectives.relicv2_loss(
+            jnp.concatenate(outputs, axis=0), target_proj, temperature=loss_cfg.temperature,
+            beta=loss_cfg.beta, num_negatives=num_negatives, rng=rng_loss)
       return loss, (metrics, updates["batch_stats"], features)
 
     grads, (metrics, online_stats, features) = jax.grad(loss_fn, has_aux=True)(
@@ -142,7 +153,7 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
                    finite=finite)
     new_state = state.replace(
         step=state.step + 1, online_params=online_params, online_batch_stats=online_stats,
-        target_params=target_params, target_batch_stats=target_updates["batch_stats"],
+        target_params=target_params, target_batch_stats=target_stats,
         opt_state=opt_state, probe_params=probe_params, probe_opt_state=probe_opt_state)
     if skip_nonfinite:
       # Drop the whole update of a non-finite step (the data still advances).

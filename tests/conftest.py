@@ -1,6 +1,8 @@
 """Test set-up: 8 simulated CPU devices so sharding code runs as on a real 8-device host."""
 
 import os
+import pathlib
+import sys
 
 # Must happen before JAX is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -8,6 +10,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The repository root, so tests import experiments/ (and configs/ paths resolve) however
+# pytest is started.
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
 
 # torchvision (interop tests) must be loaded before TensorFlow: importing it after TensorFlow
 # in one process crashes while torch probes its triton package.

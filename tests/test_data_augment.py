@@ -155,3 +155,32 @@ def test_augment_views_runs_sharded_over_the_batch():
   assert out.sharding.spec == P(parallel.DATA_AXIS)
   single = augment_jit(jax.random.key(11), jnp.asarray(views), "AB")
   np.testing.assert_allclose(np.asarray(out), np.asarray(single), atol=1e-6)
+
+
+def test_color_strength_scales_the_jitter_and_both_versions_agree():
+  rng = np.random.default_rng(4)
+  u = rng.random((2000, augment_spec.NUM_UNIFORMS), dtype=np.float32)
+  byol = augment_spec.photometric_params(u)
+  strong = augment_spec.photometric_params(u, augment_spec.Photometric(color_strength=2.0))
+  np.testing.assert_allclose(strong["brightness"], 2 * byol["brightness"], rtol=1e-6)
+  np.testing.assert_allclose(strong["hue"], 2 * byol["hue"], rtol=1e-6)
+  np.testing.assert_allclose(strong["saturation"] - 1, 2 * (byol["saturation"] - 1), atol=1e-6)
+  assert np.abs(strong["hue"]).max() > 0.19 and np.abs(strong["hue"]).max() <= 0.2
+  # Capped where an op stops making sense: factors stay positive, hue within half a turn.
+  huge = augment_spec.photometric_params(u, augment_spec.Photometric(color_strength=100.0))
+  assert huge["contrast"].min() > 0 and huge["saturation"].min() >= 0
+  assert np.abs(huge["hue"]).max() <= 0.5
+  none = augment_spec.photometric_params(u, augment_spec.Photometric(color_strength=0.0))
+  assert np.all(none["brightness"] == 0) and np.all(none["contrast"] == 1)
+  always_gray = augment_spec.photometric_params(u, augment_spec.Photometric(grayscale_prob=1.0))
+  assert always_gray["grayscale"].all() and within(byol["grayscale"].mean(), 0.2, len(u))
+  # Host and device versions still give the same pixels under a non-default strength.
+  images = rng.random((32, SIZE, SIZE, 3), dtype=np.float32)
+  photometric = augment_spec.Photometric(color_strength=2.5, grayscale_prob=0.5)
+  radius = augment_spec.blur_radius(SIZE)
+  host = tf.data.Dataset.from_tensor_slices((images, u[:32])).map(
+      lambda x, v: augment_tf.augment_image(x, v, "A", radius, photometric)).batch(32)
+  # Preset 'A' always blurs on the host; compare against blur_prob=1 on the device.
+  device = jax.jit(jax.vmap(lambda x, v: augment.augment_image(
+      x, v, 1.0, 0.0, radius, photometric)))(images, u[:32])
+  np.testing.assert_allclose(np.asarray(device), next(iter(host)).numpy(), atol=2e-5)

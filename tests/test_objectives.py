@@ -155,3 +155,20 @@ def test_loss_and_gradients_global_over_devices():
   per_device = np.mean([loss_fn(online[:, i:i + 4], target[:, i:i + 4])[0]
                         for i in range(0, 32, 4)])
   assert abs(per_device - float(loss8)) > 1e-2
+
+
+def test_supervised_loss_matches_numpy_and_ignores_unlabelled():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(3, 6, 5)).astype(np.float32)   # 3 views, 6 images, 5 classes
+  labels = np.array([0, 4, -1, 2, 2, 1], np.int32)
+  loss, metrics = objectives.supervised_loss(jnp.asarray(logits), jnp.asarray(labels))
+  terms, hits = [], []
+  for v in range(3):
+    for i in range(6):
+      if labels[i] < 0:
+        continue
+      z = logits[v, i].astype(np.float64)
+      terms.append(np.log(np.exp(z - z.max()).sum()) + z.max() - z[labels[i]])
+      hits.append(np.argmax(z) == labels[i])
+  np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
+  np.testing.assert_allclose(metrics["accuracy"], np.mean(hits), rtol=1e-6)

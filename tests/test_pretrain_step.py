@@ -135,3 +135,22 @@ def test_nonfinite_step_skipped_when_asked():
   new_state, metrics = jax.jit(step)(state, batch)
   assert not metrics["finite"] and int(new_state.step) == 1
   jax.tree.map(np.testing.assert_array_equal, state.online_params, new_state.online_params)
+
+
+def test_supervised_objective_learns_labels_and_skips_target():
+  config = tiny_config(objective="supervised")
+  config.model.projector_output_dim = 10
+  batch = jax.tree.map(jnp.asarray, make_batch())
+  state, step = build(config)
+  jitted = jax.jit(step)
+  losses = []
+  for _ in range(5):
+    new_state, metrics = jitted(state, batch)
+    # The target branch does not run: its BN statistics are untouched.
+    same = jax.tree.map(np.array_equal, new_state.target_batch_stats,
+                              state.target_batch_stats)
+    assert all(jax.tree.leaves(same))
+    state = new_state
+    losses.append(float(metrics["loss"]))
+  assert set(metrics) >= {"loss", "accuracy", "probe_top1"}
+  assert losses[-1] < losses[0] - 0.1, losses

@@ -17,13 +17,15 @@ import jax.numpy as jnp
 from relic.data import augment_spec as spec
 
 
-def augment_views(rng: jax.Array, views: jax.Array, presets: str) -> jax.Array:
+def augment_views(rng: jax.Array, views: jax.Array, presets: str,
+                  photometric: spec.Photometric = spec.BYOL) -> jax.Array:
   """Augments every view of every image independently.
 
   Args:
     rng: PRNG key; each (example, view) gets its own uniforms drawn from it.
     views: ``(B, V, H, W, 3)`` uint8 in [0, 255] or float in [0, 1].
     presets: ``V`` letters 'A'/'B', the preset of each view (see ``view_presets``).
+    photometric: colour-distortion strength (``config.data``; default BYOL's).
 
   Returns:
     float32 ``(B, V, H, W, 3)`` in [0, 1].
@@ -39,17 +41,18 @@ def augment_views(rng: jax.Array, views: jax.Array, presets: str) -> jax.Array:
   blur_prob = jnp.array([spec.PRESETS[p].blur_prob for p in presets], jnp.float32)
   solarize_prob = jnp.array([spec.PRESETS[p].solarize_prob for p in presets], jnp.float32)
   radius = spec.blur_radius(height)
-  per_view = jax.vmap(lambda x, v, b, s: augment_image(x, v, b, s, radius))
+  per_view = jax.vmap(lambda x, v, b, s: augment_image(x, v, b, s, radius, photometric))
   return jax.vmap(per_view, in_axes=(0, 0, None, None))(images, u, blur_prob, solarize_prob)
 
 
 def augment_image(image: jax.Array, u: jax.Array, blur_prob: jax.Array,
-                  solarize_prob: jax.Array, radius: int) -> jax.Array:
+                  solarize_prob: jax.Array, radius: int,
+                  photometric: spec.Photometric = spec.BYOL) -> jax.Array:
   """One (H, W, 3) float image in [0, 1] with its uniform vector ``u`` (augment_spec layout).
 
   Order as in BYOL: flip, colour jitter, grayscale, blur, solarise, final clip.
   """
-  p = spec.photometric_params(u)
+  p = spec.photometric_params(u, photometric)
   x = jnp.where(p["flip"], image[:, ::-1, :], image)
   x = jnp.where(p["jitter"], color_jitter(x, p, u), x)
   x = jnp.where(p["grayscale"], grayscale(x), x)

@@ -61,6 +61,27 @@ PRESETS = {"A": Preset(blur_prob=1.0, solarize_prob=0.0),
            "B": Preset(blur_prob=0.1, solarize_prob=0.2)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Photometric:
+  """How strong the colour distortion is; the defaults are BYOL's.
+
+  ``color_strength`` multiplies the four jitter deltas (SimCLR's colour-distortion strength,
+  relative to BYOL's values): 2 gives brightness/contrast 0.8, saturation 0.4, hue 0.2. The
+  deltas are capped where the op stops making sense (a contrast or saturation factor below 0,
+  a hue turn beyond half the wheel).
+  """
+  color_strength: float = 1.0
+  grayscale_prob: float = GRAYSCALE_PROB
+
+  @classmethod
+  def from_config(cls, data_config: Any) -> "Photometric":
+    return cls(color_strength=float(data_config.color_jitter_strength),
+               grayscale_prob=float(data_config.grayscale_prob))
+
+
+BYOL = Photometric()
+
+
 def check_presets(presets: str, num_views: int) -> None:
   if len(presets) != num_views or not set(presets) <= set(PRESETS):
     raise ValueError(f"presets must be a string of {num_views} letters from "
@@ -72,22 +93,22 @@ def blur_radius(view_size: int) -> int:
   return int(view_size / BLUR_DIVIDER / 2)
 
 
-def photometric_params(u: Any) -> dict[str, Any]:
+def photometric_params(u: Any, photometric: Photometric = BYOL) -> dict[str, Any]:
   """Maps a uniform vector to augmentation parameters; works on NumPy, JAX and TF tensors.
 
   Only indexing and arithmetic are used, so each framework evaluates the same formulas.
   Decisions are ``u < p`` so that a probability of 0 never fires.
   """
-  def symmetric(i: int, delta: float) -> Any:
-    return (2.0 * u[..., i] - 1.0) * delta
+  def symmetric(i: int, delta: float, cap: float) -> Any:
+    return (2.0 * u[..., i] - 1.0) * min(delta * photometric.color_strength, cap)
 
   return dict(
       flip=u[..., FLIP] < FLIP_PROB,
       jitter=u[..., JITTER] < JITTER_PROB,
-      brightness=symmetric(BRIGHTNESS, BRIGHTNESS_DELTA),          # added
-      contrast=1.0 + symmetric(CONTRAST, CONTRAST_DELTA),          # factor
-      saturation=1.0 + symmetric(SATURATION, SATURATION_DELTA),    # factor
-      hue=symmetric(HUE, HUE_DELTA),                               # turn of the colour wheel
-      grayscale=u[..., GRAYSCALE] < GRAYSCALE_PROB,
+      brightness=symmetric(BRIGHTNESS, BRIGHTNESS_DELTA, 1.0),          # added
+      contrast=1.0 + symmetric(CONTRAST, CONTRAST_DELTA, 0.9),          # factor
+      saturation=1.0 + symmetric(SATURATION, SATURATION_DELTA, 1.0),    # factor
+      hue=symmetric(HUE, HUE_DELTA, 0.5),                               # turn of the colour wheel
+      grayscale=u[..., GRAYSCALE] < photometric.grayscale_prob,
       sigma=SIGMA_MIN + (SIGMA_MAX - SIGMA_MIN) * u[..., SIGMA],
   )

@@ -13,9 +13,10 @@ import tensorflow as tf
 from relic.data import augment_spec as spec
 
 
-def augment_image(image: tf.Tensor, u: tf.Tensor, preset: str, radius: int) -> tf.Tensor:
+def augment_image(image: tf.Tensor, u: tf.Tensor, preset: str, radius: int,
+                  photometric: spec.Photometric = spec.BYOL) -> tf.Tensor:
   """One (H, W, 3) float32 image in [0, 1]; ``u``: its ``NUM_UNIFORMS`` uniforms."""
-  p = spec.photometric_params(u)
+  p = spec.photometric_params(u, photometric)
   settings = spec.PRESETS[preset]
   x = tf.cond(p["flip"], lambda: tf.reverse(image, axis=[1]), lambda: image)
   x = tf.cond(p["jitter"], lambda: color_jitter(x, p, u), lambda: x)

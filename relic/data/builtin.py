@@ -3,14 +3,15 @@
 A real (small) recognition problem for laptops and tests. The label is the identity of one
 object (circle, square, triangle, star, cross, ring, crescent, heart, L-shape, frame) while
 everything that should not matter varies: object colour, position, size and rotation;
-background texture and colours; clutter (thin line segments behind the object); pixel noise.
+the background; clutter (thin line segments behind the object); pixel noise.
 A randomly initialised encoder's features are dominated by colour and texture and probe the
 shape poorly; the invariances self-supervised training learns (crops, colour jitter) are what
 expose it.
 
-Splits: 'train' and 'test' share the background textures (gradient, stripes, checker, blobs);
-'test_ood' uses textures never seen in training (dots, concentric waves) to measure
-robustness to a background shift. Every image comes with its exact foreground mask (the
+Splits: 'train' and 'test' have "dead leaves" backgrounds (overlapping discs of independent
+colours, so no background pattern is shared between two crops of one image); 'test_ood' has
+periodic backgrounds never seen in training (gradient, stripes, checker, blobs, dots,
+concentric waves) in two random colours, to measure robustness to a background shift. Every image comes with its exact foreground mask (the
 object only, no clutter), used as the saliency mask for ReLICv2's masked views.
 
 Generation is deterministic given (split, size, count, seed), vectorised over images, and the
@@ -27,16 +28,19 @@ import tempfile
 import numpy as np
 from absl import logging
 
-VERSION = 1
+VERSION = 2
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart",
           "ell", "frame")
 NUM_CLASSES = len(SHAPES)
-TEXTURES = ("gradient", "stripes", "checker", "blobs", "dots", "waves")
-SPLIT_TEXTURES = {"train": (0, 1, 2, 3), "test": (0, 1, 2, 3), "test_ood": (4, 5)}
+TEXTURES = ("leaves", "gradient", "stripes", "checker", "blobs", "dots", "waves")
+SPLIT_TEXTURES = {"train": (0,), "test": (0,), "test_ood": (1, 2, 3, 4, 5, 6)}
 SPLITS = tuple(SPLIT_TEXTURES)
 _SPLIT_IDS = {"train": 0, "test": 1, "test_ood": 2}
 _CHUNK = 500
 _MAX_CLUTTER = 3
+_NUM_LEAVES = 30
+_NUM_HUES = 6
+_MAX_ANGLE = np.pi / 6     # objects are upright up to +-30 degrees
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
 
@@ -98,9 +102,12 @@ def _sample_factors(rng: np.random.Generator, split: str, n: int,
   """Every random factor of every image, drawn up front (vectorised and order-independent)."""
   u = lambda *shape: rng.random((n,) + shape, dtype=np.float32)  # noqa: E731
   label = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int32)
-  radius = (0.2 + 0.1 * u()) * size
+  radius = (0.25 + 0.1 * u()) * size
   center = radius[:, None] + u(2) * (size - 2 * radius[:, None])
-  color = _hsv_to_rgb(u(), 0.5 + 0.5 * u(), 0.5 + 0.5 * u())
+  # Object colours come from a small palette shared by every class: colour says nothing about
+  # the class and, among many images, little about which image it is.
+  color = _hsv_to_rgb(rng.integers(0, _NUM_HUES, n) / _NUM_HUES, 0.6 + 0.4 * u(),
+                      0.6 + 0.4 * u())
   textures = np.array(SPLIT_TEXTURES[split], np.int32)
   texture = textures[rng.integers(0, len(textures), n)]
   bg_colors = _hsv_to_rgb(u(2), 0.8 * u(2), 0.1 + 0.85 * u(2))       # (n, 2, 3)
@@ -114,13 +121,16 @@ def _sample_factors(rng: np.random.Generator, split: str, n: int,
   num_clutter = rng.integers(0, _MAX_CLUTTER + 1, n)
   return dict(
       label=label, texture=texture, center=center.astype(np.float32),
-      radius=radius.astype(np.float32), angle=(2 * np.pi * u()).astype(np.float32),
+      radius=radius.astype(np.float32), angle=(_MAX_ANGLE * (2 * u() - 1)).astype(np.float32),
       color=color.astype(np.float32),
       _bg_colors=bg_colors, _bg_params=u(8),
       _clutter_points=u(_MAX_CLUTTER, 4) * size,
       _clutter_width=0.8 + 1.2 * u(_MAX_CLUTTER),
       _clutter_colors=_hsv_to_rgb(u(_MAX_CLUTTER), u(_MAX_CLUTTER), u(_MAX_CLUTTER)),
       _clutter_on=np.arange(_MAX_CLUTTER)[None, :] < num_clutter[:, None],
+      _leaf_centers=u(_NUM_LEAVES, 2) * size,
+      _leaf_radii=(0.04 + 0.12 * u(_NUM_LEAVES)) * size,
+      _leaf_colors=_hsv_to_rgb(u(_NUM_LEAVES), 0.35 * u(_NUM_LEAVES), 0.3 + 0.5 * u(_NUM_LEAVES)),
   )
 
 
@@ -159,6 +169,23 @@ def _texture(kind: np.ndarray, params: np.ndarray, x: np.ndarray, y: np.ndarray)
       v = 0.5 + 0.5 * np.sin(2 * np.pi * (1.5 * f * r + ph))
     t[sel] = np.clip(v, 0.0, 1.0)
   return t
+
+
+def _dead_leaves(centers: np.ndarray, radii: np.ndarray, colors: np.ndarray, x: np.ndarray,
+                 y: np.ndarray) -> np.ndarray:
+  """Overlapping discs of independent colours, painted back to front ("dead leaves").
+
+  Unlike the periodic textures, nothing about it is constant across an image: two crops of
+  one image share no background pattern, so the background cannot identify an image and a
+  self-supervised objective has to rely on the object.
+  """
+  image = np.repeat(colors[:, :1, None, :], x.shape[1], axis=1)
+  image = np.repeat(image, x.shape[2], axis=2)                 # (n, S, S, 3) first colour
+  for j in range(1, centers.shape[1]):
+    dist = np.hypot(x - centers[:, j, 0, None, None], y - centers[:, j, 1, None, None])
+    alpha = np.clip(radii[:, j, None, None] + 0.5 - dist, 0.0, 1.0)[..., None]
+    image = image * (1 - alpha) + colors[:, j, None, None, :] * alpha
+  return image
 
 
 def _sd_box(px: np.ndarray, py: np.ndarray, hx: float, hy: float) -> np.ndarray:
@@ -232,6 +259,10 @@ def _render(f: dict[str, np.ndarray], size: int,
   t = _texture(f["texture"], f["_bg_params"], x / size, y / size)[..., None]
   bg = f["_bg_colors"][:, None, None, 0] * (1 - t) + f["_bg_colors"][:, None, None, 1] * t
   image = bg.astype(np.float32)
+  leaves = f["texture"] == TEXTURES.index("leaves")
+  if leaves.any():
+    image[leaves] = _dead_leaves(f["_leaf_centers"][leaves], f["_leaf_radii"][leaves],
+                                 f["_leaf_colors"][leaves], x, y)
   # Clutter: thin segments behind the object, not part of its mask.
   for j in range(_MAX_CLUTTER):
     on = f["_clutter_on"][:, j]

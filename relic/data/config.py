@@ -25,6 +25,10 @@ def data_config() -> ml_collections.ConfigDict:
       ),
       mask_prob=0.1,          # p_m: probability a large view is cut from the masked image.
       mask_fill=0.0,          # value of removed background pixels.
+      # Colour distortion: multiplier of BYOL's jitter deltas (brightness/contrast 0.4,
+      # saturation 0.2, hue 0.1) and the grayscale probability (relic/data/augment_spec.py).
+      color_jitter_strength=1.0,
+      grayscale_prob=0.2,
       # Photometric augmentation inside the jitted step (True) or in tf.data on the host.
       augment_on_device=True,
       fake=False,             # synthetic batches: measure the step without the pipeline.

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from relic.data import fake, seeds, sources, views
+from relic.data import augment_spec, fake, seeds, sources, views
 from relic.data.checks import check_data_config
 from relic.data.prefetch import device_prefetch
 
@@ -169,7 +169,8 @@ def pretrain_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed
     mask = None
     if with_masks:
       mask = lambda: reader.load_mask(record, tf.shape(image)[0], tf.shape(image)[1])  # noqa: E731
-    common = dict(mask_fill=data.mask_fill, host_augment=host_augment)
+    common = dict(mask_fill=data.mask_fill, host_augment=host_augment,
+                  photometric=augment_spec.Photometric.from_config(data))
     out = {"large": views.make_views(image, mask, seeds.fold_in(key, _LARGE), large,
                                      mask_prob=data.mask_prob, **common),
            "label": tf.cast(loaded["label"], tf.int32)}

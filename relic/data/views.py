@@ -59,19 +59,21 @@ def _uniforms(key: tf.Tensor, purpose: int, num: int) -> tf.Tensor:
   return tf.random.stateless_uniform([num], seed=seeds.fold_in(key, purpose))
 
 
-def to_output(view: tf.Tensor, preset: str, key: tf.Tensor, host_augment: bool) -> tf.Tensor:
+def to_output(view: tf.Tensor, preset: str, key: tf.Tensor, host_augment: bool,
+              photometric: augment_spec.Photometric = augment_spec.BYOL) -> tf.Tensor:
   """A resized view (float, [0, 255] up to overshoot) -> uint8, or augmented float in [0, 1]."""
   if not host_augment:
     return tf.cast(tf.round(tf.clip_by_value(view, 0.0, 255.0)), tf.uint8)
   view = tf.clip_by_value(view / 255.0, 0.0, 1.0)
   u = _uniforms(key, seeds.AUGMENT, augment_spec.NUM_UNIFORMS)
   size = view.shape[0]
-  return augment_tf.augment_image(view, u, preset, augment_spec.blur_radius(size))
+  return augment_tf.augment_image(view, u, preset, augment_spec.blur_radius(size), photometric)
 
 
 def make_views(image: tf.Tensor, mask: Callable[[], tf.Tensor] | None, key: tf.Tensor,
                specs: tuple[ViewSpec, ...], *, mask_prob: float, mask_fill: float,
-               host_augment: bool) -> tf.Tensor:
+               host_augment: bool,
+               photometric: augment_spec.Photometric = augment_spec.BYOL) -> tf.Tensor:
   """Cuts all views of one group from one decoded image.
 
   The image is decoded once and every view cropped from it (measured faster than a
@@ -86,6 +88,7 @@ def make_views(image: tf.Tensor, mask: Callable[[], tf.Tensor] | None, key: tf.T
     mask_prob: probability that a maskable view is cut from the masked image.
     mask_fill: background value in [0, 1] of masked views.
     host_augment: also apply the photometric augmentation here (float32 output).
+    photometric: its colour-distortion strength.
 
   Returns:
     ``(V, size, size, 3)``: uint8, or float32 in [0, 1] when ``host_augment``.
@@ -101,7 +104,8 @@ def make_views(image: tf.Tensor, mask: Callable[[], tf.Tensor] | None, key: tf.T
       patch = tf.cond(_uniforms(view_key, seeds.MASK, 1)[0] < mask_prob,
                       lambda box=box, patch=patch: _remove_background(patch, mask, box, mask_fill),
                       lambda patch=patch: tf.cast(patch, tf.float32))
-    views.append(to_output(crops.resize(patch, spec.size), spec.preset, view_key, host_augment))
+    views.append(to_output(crops.resize(patch, spec.size), spec.preset, view_key, host_augment,
+                           photometric))
   return tf.stack(views)
 
 

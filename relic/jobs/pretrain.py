@@ -47,6 +47,16 @@ def validate(config) -> None:
       raise ConfigError(f"config.train.{field} must be positive, got {config.train[field]}. "
                         "Fix: use a positive number of steps (0 disables periodic evaluation).")
   pipeline.check_data_config(config)
+  if config.loss.objective not in ("relicv2", "supervised"):
+    raise ConfigError(f"config.loss.objective: unknown objective {config.loss.objective!r}. "
+                      "Fix: choose 'relicv2' or 'supervised'.")
+  if config.loss.objective == "supervised":
+    classes = int(pipeline.num_classes(config))
+    if config.model.projector_output_dim != classes:
+      raise ConfigError(
+          "config.model.projector_output_dim: the supervised objective reads the network's "
+          f"output as logits of the {classes} classes, got {config.model.projector_output_dim}. "
+          f"Fix: set --config.model.projector_output_dim={classes}.")
 
 
 def _probe_classes(config) -> int:

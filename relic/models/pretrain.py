@@ -16,7 +16,7 @@ from relic.models.heads import MLP
 from relic.models.resnet import ResNet
 
 ENCODER_FIELDS = ("depth", "width_multiplier", "stage_sizes", "base_width", "small_images",
-                  "dtype", "padding", "remat")
+                  "dtype", "padding", "remat", "zero_init_residual")
 
 
 def encoder_from_config(model_config: Mapping[str, Any]) -> ResNet:

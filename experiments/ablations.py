@@ -1,0 +1,165 @@
+r"""The paper's claims at CPU scale: ReLICv2 and its ablations on the built-in dataset.
+
+Run from the repository root (about an hour on 2 CPU cores for the default 3 seeds):
+  python -m experiments.ablations --workdir=/tmp/relic_ablations
+  python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
+
+Every setting pretrains the quickstart encoder (configs/quickstart.py) with the quickstart
+recipe, changing only what the setting names, then scores frozen features with the quickstart's
+final evaluation (L2 logistic regression and weighted kNN, k=20) on the in-distribution 'test'
+split and the 'test_ood' split (background textures never seen in training):
+
+  relicv2          the quickstart recipe: 2 large + 2 small views, saliency masking, beta = 1
+  no_invariance    beta = 0: the contrastive (InfoNCE) term alone
+  no_small_views   the 2 large views only (no multi-crop)
+  no_masking       p_m = 0: no saliency-masked views
+  two_view_byol    BYOL's view setting: 2 large views, no small views, no masking
+  supervised       cross-entropy on the labels, same views, network and schedule (reference)
+  random_init      the random-init encoder of each run's own seed (reference, no training)
+
+Each (setting, seed) is one ``python -m relic.main`` process with its own workdir under
+``--workdir``; finished runs (``results.json`` present) are not repeated, so rerunning the
+command after an interruption continues where it stopped. The summary (mean and standard
+deviation over seeds) goes to ``--out`` as ablations.json, ablations.md and ablations.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SPLITS = ("test", "test_ood")
+METRICS = ("linear_top1", "knn_top1")
+
+# Overrides of configs/quickstart.py per setting (config paths as on the command line).
+SETTINGS: dict[str, dict[str, object]] = {
+    "relicv2": {},
+    "no_invariance": {"loss.beta": 0.0},
+    "no_small_views": {"data.views.small.num": 0},
+    "no_masking": {"data.mask_prob": 0.0},
+    "two_view_byol": {"data.views.small.num": 0, "data.mask_prob": 0.0},
+    "supervised": {"loss.objective": "supervised", "model.projector_output_dim": 10},
+}
+REFERENCE = "random_init"   # read from every run's results (same architecture, same seed)
+ORDER = tuple(SETTINGS) + (REFERENCE,)
+
+
+def run_command(setting: str, seed: int, workdir: pathlib.Path, epochs: float) -> list[str]:
+  """The ``relic.main`` command line of one run."""
+  overrides = dict(SETTINGS[setting], seed=seed)
+  if epochs:
+    overrides["train.num_epochs"] = epochs
+  return ([sys.executable, "-m", "relic.main", "--config=configs/quickstart.py",
+           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()])
+
+
+def run_one(setting: str, seed: int, root: pathlib.Path, epochs: float) -> dict:
+  """Runs (or reuses) one pretraining + evaluation and returns its results.json."""
+  workdir = root / setting / f"seed{seed}"
+  results = workdir / "results.json"
+  if not results.exists():
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(workdir / "log.txt", "w") as log:
+      proc = subprocess.run(run_command(setting, seed, workdir, epochs), stdout=log,
+                            stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0 or not results.exists():
+      raise RuntimeError(f"{setting} seed {seed} failed (exit {proc.returncode}); see "
+                         f"{workdir / 'log.txt'}.")
+    print(json.dumps(dict(setting=setting, seed=seed, seconds=round(time.time() - start, 1))),
+          flush=True)
+  return json.loads(results.read_text())
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
+  """{setting: {split: {metric: {mean, std, values}}}} from each run's results.json.
+
+  ``runs[s]`` holds the results of setting s, one per seed; the random-init reference is the
+  'random_init' entry of the relicv2 runs (each seed's own random encoder).
+  """
+  def entry(values: list[float]) -> dict:
+    return dict(mean=float(np.mean(values)), std=float(np.std(values, ddof=1))
+                if len(values) > 1 else 0.0, values=[float(v) for v in values])
+
+  summary = {}
+  for setting in ORDER:
+    source, key = (("relicv2", REFERENCE) if setting == REFERENCE else (setting, "pretrained"))
+    if source not in runs:
+      continue
+    summary[setting] = {split: {m: entry([r[key][split][m] for r in runs[source]])
+                                for m in METRICS} for split in SPLITS}
+  return summary
+
+
+def markdown(summary: dict[str, dict], num_seeds: int, command: str) -> str:
+  header = ("| setting | linear top-1 test | linear top-1 test_ood | kNN top-1 test | "
+            "kNN top-1 test_ood |\n|---|---|---|---|---|\n")
+  rows = []
+  for setting, splits in summary.items():
+    cells = [f"{splits[s][m]['mean']:.1f} ± {splits[s][m]['std']:.1f}"
+             for m in METRICS for s in SPLITS]
+    rows.append(f"| {setting} | " + " | ".join(cells) + " |")
+  return (f"Top-1 (%) on the built-in dataset, mean ± standard deviation over {num_seeds} "
+          f"seed(s).\nCommand: `{command}`\n\n" + header + "\n".join(rows) + "\n")
+
+
+def plot(summary: dict[str, dict], path: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  settings = list(summary)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  for ax, metric, title in zip(axes, METRICS, ("linear probe", "kNN (k=20)")):
+    x = np.arange(len(settings))
+    for offset, split in ((-0.2, "test"), (0.2, "test_ood")):
+      means = [summary[s][split][metric]["mean"] for s in settings]
+      stds = [summary[s][split][metric]["std"] for s in settings]
+      ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=split)
+    ax.set_xticks(x, settings, rotation=30, ha="right")
+    ax.set_title(title)
+    ax.axhline(10.0, color="gray", lw=0.8, ls=":")   # chance, 10 classes
+  axes[0].set_ylabel("top-1 (%)")
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default="/tmp/relic_ablations")
+  parser.add_argument("--out", default="experiments/results")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--settings", default=",".join(SETTINGS))
+  parser.add_argument("--epochs", type=float, default=0.0,
+                      help="pretraining epochs (0 = the quickstart's)")
+  args = parser.parse_args(argv)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  settings = args.settings.split(",")
+  unknown = sorted(set(settings) - set(SETTINGS))
+  if unknown:
+    parser.error(f"unknown settings {unknown}; choose from {sorted(SETTINGS)}")
+  if "relicv2" not in settings:
+    parser.error("the 'relicv2' runs are needed (they also give the random-init reference)")
+  root = pathlib.Path(args.workdir)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  runs = {s: [run_one(s, seed, root, args.epochs) for seed in seeds] for s in settings}
+  summary = summarize(runs)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  command = "python -m experiments.ablations " + " ".join(argv or sys.argv[1:])
+  (out / "ablations.json").write_text(json.dumps(dict(seeds=seeds, summary=summary), indent=1))
+  (out / "ablations.md").write_text(markdown(summary, len(seeds), command.strip()))
+  plot(summary, out / "ablations.png")
+  print((out / "ablations.md").read_text())
+
+
+if __name__ == "__main__":
+  main()

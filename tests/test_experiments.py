@@ -1,0 +1,71 @@
+"""The ablation script: every setting is a valid config, and the summary is right."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from experiments import ablations
+from relic import config as config_lib
+from relic.jobs import pretrain
+
+
+def quickstart_config():
+  spec = importlib.util.spec_from_file_location("quickstart", "configs/quickstart.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize("setting", list(ablations.SETTINGS))
+def test_every_setting_is_a_valid_config(setting, tmp_path):
+  command = ablations.run_command(setting, seed=2, workdir=tmp_path, epochs=1.5)
+  assert command[1:4] == ["-m", "relic.main", "--config=configs/quickstart.py"]
+  config = quickstart_config()
+  for flag in command[5:]:
+    path, value = flag[len("--config."):].split("=", 1)
+    *parents, leaf = path.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    assert leaf in node, f"{setting}: no config field {path}"   # a typo would fail here
+    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], str) else value
+  assert config.seed == 2 and config.train.num_epochs == 1.5
+  config_lib.validate(config)
+  pretrain.validate(config)   # e.g. supervised needs projector_output_dim == classes
+
+
+def fake_results(pretrained, random_init):
+  def splits(value):
+    return {s: {"linear_top1": value, "knn_top1": value - 1.0} for s in ablations.SPLITS}
+  return {"pretrained": splits(pretrained), "random_init": splits(random_init)}
+
+
+def test_summary_means_spreads_and_reference(tmp_path):
+  runs = {"relicv2": [fake_results(40.0, 20.0), fake_results(44.0, 22.0),
+                      fake_results(45.0, 21.0)],
+          "no_masking": [fake_results(30.0, 20.0), fake_results(32.0, 22.0),
+                         fake_results(34.0, 21.0)]}
+  summary = ablations.summarize(runs)
+  assert list(summary) == ["relicv2", "no_masking", "random_init"]
+  relic = summary["relicv2"]["test"]["linear_top1"]
+  assert relic["mean"] == pytest.approx(43.0)
+  assert relic["std"] == pytest.approx(np.std([40, 44, 45], ddof=1))
+  assert summary["random_init"]["test_ood"]["knn_top1"]["mean"] == pytest.approx(20.0)
+  table = ablations.markdown(summary, 3, "python -m experiments.ablations")
+  assert "| relicv2 | 43.0 ± 2.6 |" in table and "| random_init | 21.0 ± 1.0 |" in table
+  ablations.plot(summary, tmp_path / "plot.png")
+  assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_finished_runs_are_reused_not_repeated(tmp_path, monkeypatch):
+  workdir = tmp_path / "relicv2" / "seed0"
+  workdir.mkdir(parents=True)
+  (workdir / "results.json").write_text(json.dumps(fake_results(50.0, 20.0)))
+
+  def no_subprocess(*args, **kwargs):
+    raise AssertionError("a finished run was started again")
+
+  monkeypatch.setattr(ablations.subprocess, "run", no_subprocess)
+  assert ablations.run_one("relicv2", 0, tmp_path, 0.0) == fake_results(50.0, 20.0)
