@@ -2,17 +2,17 @@
 
 A real (small) recognition problem for laptops and tests. The label is the identity of one
 object (circle, square, triangle, star, cross, ring, crescent, heart, L-shape, frame) while
-everything that should not matter varies: object colour, position, size and rotation;
-the background; clutter (thin line segments behind the object); pixel noise.
-A randomly initialised encoder's features are dominated by colour and texture and probe the
-shape poorly; the invariances self-supervised training learns (crops, colour jitter) are what
-expose it.
+everything that should not matter varies: object colour (from a palette shared by all
+classes), position, size and a rotation of up to 30 degrees; the background; clutter (thin
+line segments behind the object); pixel noise. A randomly initialised encoder's features are
+dominated by colour and background and probe the shape poorly.
 
 Splits: 'train' and 'test' have "dead leaves" backgrounds (overlapping discs of independent
 colours, so no background pattern is shared between two crops of one image); 'test_ood' has
 periodic backgrounds never seen in training (gradient, stripes, checker, blobs, dots,
-concentric waves) in two random colours, to measure robustness to a background shift. Every image comes with its exact foreground mask (the
-object only, no clutter), used as the saliency mask for ReLICv2's masked views.
+concentric waves) in two random colours, to measure robustness to a background shift. Every
+image comes with its exact foreground mask (the object only, no clutter), used as the saliency
+mask for ReLICv2's masked views.
 
 Generation is deterministic given (split, size, count, seed), vectorised over images, and the
 arrays are cached under ``$RELIC_CACHE`` (default ``~/.cache/relic``) so that later runs load
