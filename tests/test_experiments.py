@@ -30,8 +30,14 @@ def test_every_setting_is_a_valid_config(setting, tmp_path):
     for name in parents:
       node = node[name]
     assert leaf in node, f"{setting}: no config field {path}"   # a typo would fail here
-    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], str) else value
+    current = node[leaf]
+    if isinstance(current, bool):
+      assert value in ("True", "False"), flag
+      node[leaf] = value == "True"
+    else:
+      node[leaf] = value if isinstance(current, str) else type(current)(value)
   assert config.seed == 2 and config.train.num_epochs == 1.5
+  assert config.final_eval.compare_random_init == (setting == "relicv2")
   config_lib.validate(config)
   pretrain.validate(config)   # e.g. supervised needs projector_output_dim == classes
 
