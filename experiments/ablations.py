@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.error("the 'relicv2' runs are needed (they also give the random-init reference)")
   root = pathlib.Path(args.workdir)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  runs = {s: [run_one(s, seed, root, args.epochs) for seed in seeds] for s in settings}
+  # Seed-major, so that an interrupted set already has every setting for its first seeds.
+  runs = {s: [] for s in settings}
+  for seed in seeds:
+    for s in settings:
+      runs[s].append(run_one(s, seed, root, args.epochs))
   summary = summarize(runs)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

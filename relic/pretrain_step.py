@@ -48,13 +48,8 @@ def probe_loss_and_top1(probe: LinearHead, probe_params: Any, features: jax.Arra
                         labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Cross-entropy and top-1 of the online probe; examples labelled -1 are ignored."""
   logits = probe.apply({"params": probe_params}, features)
-  valid = labels >= 0
-  safe = jnp.where(valid, labels, 0)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
-  count = jnp.maximum(valid.sum(), 1)
-  loss = jnp.sum(jnp.where(valid, losses, 0.0)) / count
-  top1 = jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == safe, False)) / count
-  return loss, top1
+  loss, metrics = objectives.supervised_loss(logits[None], labels)
+  return loss, metrics["accuracy"]
 
 
 def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,

@@ -2,6 +2,7 @@
 padding, fake data and device prefetch (on the built-in dataset, 32 px)."""
 
 import itertools
+import threading
 
 import jax
 import numpy as np
@@ -141,3 +142,14 @@ def test_device_prefetch_makes_global_sharded_batches(config):
   next(stream)
   with pytest.raises(OSError, match="disk gone"):
     next(stream)
+
+  # Closing an endless stream stops and joins its thread (a thread left inside TensorFlow's
+  # iterator at interpreter exit aborts the process).
+  before = {t for t in threading.enumerate() if t.name == "relic-device-prefetch"}
+  endless = pipeline.device_prefetch(pipeline.pretrain_batches(config, batch_size=8, seed=1),
+                                     mesh, size=2)
+  next(endless)
+  running = {t for t in threading.enumerate() if t.name == "relic-device-prefetch"} - before
+  assert len(running) == 1
+  endless.close()
+  assert not any(t.is_alive() for t in running)

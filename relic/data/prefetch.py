@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 from relic import parallel
 
 _DONE = object()
+_JOIN_TIMEOUT_S = 60.0
 
 
 def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
@@ -18,7 +19,8 @@ def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2) -> Itera
 
   A background thread keeps ``size`` global batches ready, so host-to-device copies overlap
   the running step. ``size=0`` converts in the caller's thread. An exception in the input
-  pipeline is raised in the consumer; abandoning the generator stops the thread.
+  pipeline is raised in the consumer. Closing the generator stops the thread and waits for it:
+  a thread left inside TensorFlow's iterator when the interpreter exits aborts the process.
   """
   if size <= 0:
     for batch in iterator:
@@ -57,3 +59,4 @@ def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2) -> Itera
       yield item
   finally:
     stop.set()
+    thread.join(timeout=_JOIN_TIMEOUT_S)   # it finishes the batch it is reading, then returns

@@ -188,6 +188,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         return {}
   finally:
     guard.uninstall()
+    batches.close()   # stops the prefetch thread before evaluation and interpreter exit
   ckpt.close()
   logger.flush()
   final = {k: float(np.asarray(v).mean()) for k, v in jax.device_get(metrics).items()}
