@@ -8,8 +8,8 @@ ReLICv2 objective (2 large 32 px + 2 small 16 px views, saliency masking with th
 ground-truth masks), then fits a linear classifier and a kNN classifier on the frozen features
 of the pretrained encoder and of a random-init encoder of the same architecture, and prints and
 writes results.json / results.md into the workdir.
-Expected: see the README's quickstart table (probe top-1 of the pretrained encoder at least 20
-points above the random-init encoder) in about 10 minutes on 2 CPU cores.
+Expected (measured on 2 CPU cores, README's quickstart table): linear top-1 on 'test' 52.4% for
+the pretrained encoder vs 29.8% for random init (kNN 44.1% vs 24.9%), in about 10 minutes.
 """
 
 from relic.config import base_config, check_config_args, parse_config_arg
