@@ -1,6 +1,6 @@
 r"""The paper's claims at CPU scale: ReLICv2 and its ablations on the built-in dataset.
 
-Run from the repository root (about an hour on 2 CPU cores for the default 3 seeds):
+Run from the repository root (about 75 minutes on 2 CPU cores for the default 3 seeds):
   python -m experiments.ablations --workdir=/tmp/relic_ablations
   python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
 
