@@ -136,7 +136,7 @@ def _sample_factors(rng: np.random.Generator, split: str, n: int,
 
 def _texture(kind: np.ndarray, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
   """Background pattern in [0, 1] for each image; x, y: (1, S, S) coordinates in [0, 1]."""
-  t = np.empty((len(kind),) + x.shape[1:], np.float32)
+  t = np.zeros((len(kind),) + x.shape[1:], np.float32)
   p = params[:, :, None, None]                         # (n, 8, 1, 1)
   phi = np.pi * p[:, 0]
   freq = 2.0 + 4.0 * p[:, 1]
@@ -145,7 +145,7 @@ def _texture(kind: np.ndarray, params: np.ndarray, x: np.ndarray, y: np.ndarray)
   yr = -np.sin(phi) * (x - 0.5) + np.cos(phi) * (y - 0.5)
   for k, name in enumerate(TEXTURES):
     sel = kind == k
-    if not sel.any():
+    if not sel.any() or name == "leaves":   # painted by _dead_leaves, not a pattern
       continue
     a, b, f, ph = xr[sel], yr[sel], freq[sel], phase[sel]
     if name == "gradient":
