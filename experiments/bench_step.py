@@ -15,6 +15,9 @@ Run from the repository root:
   # Accelerator sweep (ResNet-50, per-device batch 32/64/128, remat off/on, f32/bf16), with
   # the per-piece breakdown:
   python -m experiments.bench_step --sweep --pieces --out experiments/results/bench_step_h100.json
+  # A short accelerator check, most important setting first (bash experiments/accelerator_bench.sh):
+  python -m experiments.bench_step --sweep --sweep_batches 128,64 --sweep_dtypes bfloat16 \
+      --sweep_remat off --pieces --out /tmp/bench_step_gpu.json
   # FSDP on simulated CPU devices (layout check, not a speed number):
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.bench_step \
       --config_arg runlocal --batch_size 64 --fsdp on
@@ -78,7 +81,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from relic import config as config_lib
 from relic import objectives, parallel, pretrain_step, schedules
 from relic.models import LinearHead, networks_from_config
-from relic.optim import make_optimizer
+from relic.optim import make_optimizer, step_scheduled
 from relic.train_state import create_train_state
 
 # Dense peak FLOP/s per device: (bfloat16, float32 at default precision, float32 at 'highest'),
@@ -144,6 +147,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="ResNet-50 sweep for accelerators (see module docstring).")
   p.add_argument("--sweep_batches", default=",".join(map(str, SWEEP_PER_DEVICE_BATCH)),
                  help="per-device batches of --sweep.")
+  p.add_argument("--sweep_dtypes", default="float32,bfloat16", help="dtypes of --sweep.")
+  p.add_argument("--sweep_remat", default="off,on", help="remat settings of --sweep.")
   p.add_argument("--setting_timeout", type=int, default=1800,
                  help="seconds per setting in --profile / --sweep (each runs in a subprocess).")
   return p.parse_args(argv)
@@ -223,8 +228,8 @@ def build_step(config, names: tuple[str, ...], num_classes: int):
   online, target = networks_from_config(config.model)
   total_steps, warmup = 10_000, 100
   learning_rate = schedules.learning_rate_schedule(config, total_steps, warmup)
-  optimizer = optax.sgd(learning_rate) if "lars" in names else make_optimizer(config,
-                                                                              learning_rate)
+  optimizer = step_scheduled(optax.sgd if "lars" in names else
+                             lambda lr: make_optimizer(config, lr))
   probe_optimizer = optax.sgd(config.probe.lr, momentum=0.9, nesterov=True)  # as the job
   num_classes = 0 if "probe" in names else num_classes
 
@@ -596,8 +601,8 @@ def measure_pieces(config, built, state, batch, mesh, num_steps: int) -> dict[st
 def sweep_argvs(args: argparse.Namespace) -> list[list[str]]:
   argvs = []
   for per_device in (int(b) for b in args.sweep_batches.split(",")):
-    for remat in ("off", "on"):
-      for dtype in ("float32", "bfloat16"):
+    for remat in args.sweep_remat.split(","):
+      for dtype in args.sweep_dtypes.split(","):
         argvs.append(["--depth", "50", "--per_device_batch", str(per_device), "--remat", remat,
                       "--dtype", dtype, "--fsdp", args.fsdp, "--augment", args.augment,
                       "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -632,7 +637,10 @@ def _drop_flag(argv: list[str], flag: str) -> list[str]:
   return out
 
 
-def run_subprocesses(argvs: list[list[str]], timeout: int) -> list[dict[str, Any]]:
+def run_subprocesses(argvs: list[list[str]], timeout: int, out: str = "",
+                     append: bool = False) -> list[dict[str, Any]]:
+  """Runs each setting in its own process; with ``out``, the file is rewritten after every
+  setting, so a sweep cut short (time limit, lost machine) keeps the settings it finished."""
   records = []
   for argv in argvs:
     cmd = [sys.executable, "-m", "experiments.bench_step", *argv]
@@ -648,6 +656,7 @@ def run_subprocesses(argvs: list[list[str]], timeout: int) -> list[dict[str, Any
       record = dict(argv=argv, error=f"timed out after {timeout}s")
     print(json.dumps(record), flush=True)
     records.append(record)
+    write(records, out, append)
   return records
 
 
@@ -668,13 +677,13 @@ def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   if args.sweep:
-    records = run_subprocesses(sweep_argvs(args), args.setting_timeout)
+    run_subprocesses(sweep_argvs(args), args.setting_timeout, args.out, args.append)
   elif args.profile:
-    records = run_subprocesses(profile_argvs(argv), args.setting_timeout)
+    run_subprocesses(profile_argvs(argv), args.setting_timeout, args.out, args.append)
   else:
     records = [run_setting(args)]
     print(json.dumps(records[0]), flush=True)
-  write(records, args.out, args.append)
+    write(records, args.out, args.append)
 
 
 if __name__ == "__main__":

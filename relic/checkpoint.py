@@ -1,4 +1,7 @@
-"""Checkpoints of a run in ``WORKDIR/checkpoints/STEP``: save, restore, resume checks, encoder export.
+"""Checkpoints of a run in ``WORKDIR/checkpoints/STEP``: save and restore, safely.
+
+Which config changes a resume accepts: :mod:`relic.resume_check`; reading only the encoder
+out of a checkpoint: :mod:`relic.encoder_checkpoint`.
 
 Each step directory is an Orbax composite of two items:
   * ``state``: the train state pytree (``StandardSave``), sharded arrays written by every
@@ -30,7 +33,6 @@ The train state convention shared with the jobs: a dict with ``online_params``,
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from typing import Any, Mapping
 
@@ -42,50 +44,11 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from relic.config import ConfigError
-
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
 STATE_ITEM = "state"
 META_ITEM = "meta"
 ENCODER = "encoder"
-
-# Fields that define the experiment. Resuming with a different value would continue a run that
-# is no longer the one the checkpoint belongs to (different model, objective, data, optimiser
-# trajectory or schedule length), silently. Patterns are matched against dotted field names.
-CRITICAL_FIELDS = (
-    "job",
-    "seed",
-    "model.*",
-    "loss.*",
-    "optim.*",
-    "ema.*",
-    "data.source",
-    "data.dataset",
-    "data.train_split",
-    "data.mask_prob",
-    "data.mask_fill",
-    "data.views.*",
-    "data.builtin.*",
-    "train.batch_size",
-    "train.num_epochs",
-    "train.num_steps",
-    "train.num_train_examples",   # sets the schedule length when training is given in epochs.
-    "probe.enabled",              # the probe head is part of the train state ...
-    "probe.num_classes",          # ... and its shape.
-    "pretrained",                 # evaluation jobs: the encoder they start from.
-    # Plus the section named after the job, if there is one (e.g. ``finetune.*`` when
-    # ``job='finetune'``): an evaluation job's own optimiser, batch and duration.
-)
-# Inside the critical groups but without effect on the computed values: rematerialisation
-# trades memory for FLOPs (a resumed run on a smaller accelerator may need it); cadences and
-# retention of a job's own section.
-NOT_CRITICAL = ("model.remat", "*.log_every_steps", "*.checkpoint_every_steps",
-                "*.eval_every_steps", "*.keep_checkpoints", "*.keep_every_steps")
-# Everything else may change on resume: logging / evaluation / checkpoint cadence, retention,
-# parameter sharding (train.fsdp: restore re-shards), data paths and reader threads, NaN
-# policy, kNN settings, the sections of other jobs.
-
 
 class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written; the previous checkpoints are untouched."""
@@ -365,143 +328,3 @@ class Checkpointer:
       ocp.multihost.sync_global_processes("relic_checkpoint_quarantine")
     self._manager.close()
     self._manager = self._open(cleanup_tmp=False)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, name + "."))
-    else:
-      flat[name] = value
-  return flat
-
-
-def _is_critical(field: str, job: str) -> bool:
-  if any(fnmatch.fnmatchcase(field, pattern) for pattern in NOT_CRITICAL):
-    return False
-  return any(fnmatch.fnmatchcase(field, pattern) for pattern in CRITICAL_FIELDS + (f"{job}.*",))
-
-
-def check_resume_compatible(saved_config: Mapping[str, Any] | ml_collections.ConfigDict,
-                            config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a checkpoint whose experiment-defining config differs (CRITICAL_FIELDS).
-
-  Harmless fields (cadences, retention, paths, threads, evaluation settings) may change. A
-  critical field present on one side only (the schema gained or lost a field between versions)
-  is logged, not refused: there is no saved value to compare.
-
-  Raises:
-    ConfigError: naming every differing field with its saved and its new value.
-  """
-  saved = _flatten(config_to_json(saved_config))
-  new = _flatten(config_to_json(config))
-  differences = []
-  for field in sorted(set(saved) | set(new)):
-    if not _is_critical(field, str(new.get("job", ""))):
-      continue
-    if field not in saved or field not in new:
-      logging.warning("Resume check: config field %s exists only in the %s config; not compared.",
-                      field, "new" if field in new else "saved")
-      continue
-    if saved[field] != new[field]:
-      differences.append(f"  {field}: saved {saved[field]!r}, now {new[field]!r}")
-  if differences:
-    raise ConfigError(
-        "the checkpoint to resume was trained with a different experiment config; refusing "
-        "to resume because these fields differ:\n" + "\n".join(differences) +
-        "\nFix: resume with the saved values (see config.json in the workdir), or start a new "
-        "run in a new --workdir.")
-
-
-def _tuples(value: Any) -> Any:
-  """JSON lists back to tuples, so model configs can be passed to Flax modules as stored."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
-def _step_dirs(path: epath.Path) -> list[epath.Path]:
-  """Checkpoint step directories for a workdir, its checkpoints dir, or one step dir; newest
-  first."""
-  if (path / STATE_ITEM).exists():
-    return [path]
-  directory = path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
-  steps = []
-  if directory.is_dir():
-    manager = ocp.CheckpointManager(
-        directory, item_names=(STATE_ITEM, META_ITEM),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    steps = sorted(manager.all_steps(), reverse=True)
-    manager.close()
-  if not steps:
-    raise FileNotFoundError(
-        f"No relic checkpoint found in {directory} (looked for committed step directories "
-        f"{directory}/STEP/{STATE_ITEM}). Make one with `python -m relic.main "
-        "--config=configs/quickstart.py --workdir=DIR` (any pretraining config) and pass that "
-        "DIR, or a step directory DIR/checkpoints/STEP.")
-  return [directory / str(step) for step in steps]
-
-
-def _restore_encoder_from(step_dir: epath.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    tree = handler.metadata(step_dir / STATE_ITEM).tree
-    item = {group: {ENCODER: tree[group][ENCODER]}
-            for group in ("online_params", "online_batch_stats")}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = handler.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-  finally:
-    handler.close()
-  meta_handler = ocp.JsonCheckpointHandler()
-  try:
-    meta = meta_handler.restore(step_dir / META_ITEM) or {}
-  finally:
-    meta_handler.close()
-  variables = {"params": restored["online_params"][ENCODER],
-               "batch_stats": restored["online_batch_stats"][ENCODER]}
-  return meta, variables
-
-
-def restore_encoder(path: str | epath.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-  """The online encoder of a relic checkpoint, as host numpy arrays, without the train state.
-
-  Args:
-    path: a relic workdir (its newest readable checkpoint is used), its ``checkpoints``
-      directory, or one step directory ``WORKDIR/checkpoints/STEP``.
-
-  Returns:
-    ``(model_config, variables)``: ``config.model`` of the run (lists as tuples) and
-    ``{'params': ..., 'batch_stats': ...}`` for ``relic.models.ResNet``.
-
-  Raises:
-    FileNotFoundError: no checkpoint under ``path`` (the message says how to make one).
-  """
-  from relic import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-
-  path = epath.Path(path)
-  step_dirs = _step_dirs(path)
-  errors = []
-  for step_dir in step_dirs:
-    try:
-      meta, variables = _restore_encoder_from(step_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning("Cannot read the encoder from %s (%s: %s); trying an older checkpoint.",
-                      step_dir, type(e).__name__, str(e)[:500])
-      errors.append(e)
-      continue
-    model_config = (meta.get("config") or {}).get("model")
-    if model_config is None:
-      saved = workdir_lib.read_config(str(step_dir.parent.parent))
-      if saved is None:
-        raise FileNotFoundError(f"Checkpoint {step_dir} stores no config and no "
-                                f"{workdir_lib.CONFIG_JSON} was found next to it.")
-      model_config = saved.model.to_dict()
-    return _tuples(dict(model_config)), variables
-  raise CheckpointRestoreError(
-      f"No checkpoint under {path} has a readable encoder; the newest failed with "
-      f"{type(errors[0]).__name__}: {errors[0]}") from errors[0]

@@ -16,9 +16,10 @@ changes, i.e. at every step of a schedule), hence the chain below rather than ``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -81,7 +82,8 @@ def make_optimizer(config: ml_collections.ConfigDict,
   tensors. ``'adamw'``: AdamW, decoupled weight decay on the masked tensors.
 
   The schedule is evaluated at the optimiser's own update count (stored in the optimiser
-  state), which equals the train state's step as long as every step applies an update.
+  state), which equals the train state's step as long as every step applies an update. The
+  pretraining step, which may skip non-finite updates, uses :func:`step_scheduled` instead.
   """
   optim = config.optim
   if optim.name == "lars":
@@ -97,3 +99,30 @@ def make_optimizer(config: ml_collections.ConfigDict,
     return optax.adamw(schedule, weight_decay=optim.weight_decay, mask=weight_decay_mask)
   raise ConfigError(f"config.optim.name: unknown optimiser {optim.name!r}. "
                     f"Fix: choose one of {list(OPTIMIZERS)}.")
+
+
+def step_scheduled(make: Callable[[Any], optax.GradientTransformation]
+                   ) -> optax.GradientTransformation:
+  """The optimiser ``make(learning_rate)`` with its learning rate held in its state, to be set
+  by the caller before every update with :func:`set_learning_rate`.
+
+  Why: a schedule inside the optimiser follows the optimiser's update count, which stops when
+  a non-finite step is skipped (``train.nan_policy='skip'`` keeps the whole old state), so the
+  rate would lag the data by the skipped steps and never reach the schedule's end. Set from
+  the train state's step instead, the rate applied is the schedule of the step, skipped or not,
+  while the optimiser's own statistics (momentum, Adam's moments and bias correction) count
+  only the updates that were applied.
+  """
+  # inject_hyperparams binds hyperparameters by name: ``make``'s own argument name is free.
+  return optax.inject_hyperparams(lambda learning_rate: make(learning_rate))(learning_rate=0.0)
+
+
+def set_learning_rate(opt_state: Any, learning_rate: Any) -> Any:
+  """``opt_state`` of a :func:`step_scheduled` optimiser with the rate for the next update."""
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
+    raise TypeError(
+        f"set_learning_rate needs the state of an optimiser built by optim.step_scheduled; got "
+        f"{type(opt_state).__name__}. Fix: build it as optim.step_scheduled(lambda lr: ...).")
+  return opt_state._replace(hyperparams={
+      **hyperparams, "learning_rate": jnp.asarray(learning_rate, hyperparams["learning_rate"].dtype)})

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from relic import objectives
+from relic import objectives, optim
 from relic.models import LinearHead, RelicNetwork
 from relic.train_state import TrainState
 
@@ -53,7 +53,7 @@ def probe_loss_and_top1(probe: LinearHead, probe_params: Any, features: jax.Arra
 
 
 def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
-                       optimizer: optax.GradientTransformation,
+                       optimizer: optax.GradientTransformation,  # from optim.step_scheduled
                        probe_optimizer: optax.GradientTransformation,
                        learning_rate: Callable[[jax.Array], jax.Array],
                        ema_rate: Callable[[jax.Array], jax.Array],
@@ -126,10 +126,14 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
 
     grads, (metrics, online_stats, features) = jax.grad(loss_fn, has_aux=True)(
         state.online_params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.online_params)
+    lr = learning_rate(state.step)
+    updates, opt_state = optimizer.update(
+        grads, optim.set_learning_rate(state.opt_state, lr), state.online_params)
     online_params = optax.apply_updates(state.online_params, updates)
     rate = ema_rate(state.step)
-    target_params = ema_update(state.target_params, online_params, rate)
+    # The supervised reference's target is never read: no EMA to keep.
+    target_params = (state.target_params if supervised else
+                     ema_update(state.target_params, online_params, rate))
 
     probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
     if probe is not None:
@@ -144,8 +148,7 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
 
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    metrics.update(grad_norm=grad_norm, learning_rate=learning_rate(state.step), ema_rate=rate,
-                   finite=finite)
+    metrics.update(grad_norm=grad_norm, learning_rate=lr, ema_rate=rate, finite=finite)
     new_state = state.replace(
         step=state.step + 1, online_params=online_params, online_batch_stats=online_stats,
         target_params=target_params, target_batch_stats=target_stats,
@@ -162,5 +165,7 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
 def jit_pretrain_step(step: Callable, state_sharding: Any, batch_sharding: Any) -> Callable:
   """Jits the step over the mesh: state as laid out by ``state_sharding`` (replicated or FSDP),
   batch split over the data axis, metrics replicated; the old state's buffers are donated."""
+  # keep_unused: the learning rate held in the optimiser state is overwritten before it is read;
+  # pruned as unused, its buffer would escape donation and outlive the step.
   return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                 out_shardings=(state_sharding, None), donate_argnums=(0,))
+                 out_shardings=(state_sharding, None), donate_argnums=(0,), keep_unused=True)

@@ -16,6 +16,7 @@ import pytest
 from etils import epath
 
 from relic import checkpoint as ckpt
+from relic import encoder_checkpoint, resume_check
 from relic.config import ConfigError, base_config
 from relic.models import MLP, ResNet
 from relic.parallel import data_sharding, make_mesh, replicated
@@ -150,7 +151,7 @@ def test_missing_checkpoint_errors(tmp_path, mesh):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoints")):
       checkpointer.restore(_abstract(_state(mesh)))
   with pytest.raises(FileNotFoundError) as info:
-    ckpt.restore_encoder(tmp_path / "empty_workdir")
+    encoder_checkpoint.restore_encoder(tmp_path / "empty_workdir")
   message = str(info.value)
   assert str(tmp_path / "empty_workdir" / "checkpoints") in message
   assert "python -m relic.main" in message
@@ -219,7 +220,7 @@ def test_check_resume_compatible_names_critical_fields_and_allows_harmless(tmp_p
   config.data.num_threads = 3
   config.train.eval_every_steps = 13
   config.model.remat = True
-  ckpt.check_resume_compatible(saved, config)  # no error
+  resume_check.check_resume_compatible(saved, config)  # no error
 
   config.optim.base_lr = 0.3
   config.model.depth = 101
@@ -228,7 +229,7 @@ def test_check_resume_compatible_names_critical_fields_and_allows_harmless(tmp_p
   config.ema.base_rate = 0.99
   config.seed = 1
   with pytest.raises(ConfigError) as info:
-    ckpt.check_resume_compatible(saved, config)
+    resume_check.check_resume_compatible(saved, config)
   message = str(info.value)
   for line in ("optim.base_lr: saved 0.2, now 0.3", "model.depth: saved 50, now 101",
                "data.views.large.num: saved 4, now 2", "train.batch_size: saved 4096, now 1024",
@@ -242,13 +243,13 @@ def test_check_resume_compatible_names_critical_fields_and_allows_harmless(tmp_p
       job="finetune", finetune=dict(base_lr=lr, log_every_steps=every),
       linear_probe=dict(lr_grid=grid)))
   saved_job = ckpt.config_to_json(job_config(0.05, 100, (0.1,)))
-  ckpt.check_resume_compatible(saved_job, job_config(0.05, 10, (0.3, 1.0)))
+  resume_check.check_resume_compatible(saved_job, job_config(0.05, 10, (0.3, 1.0)))
   with pytest.raises(ConfigError, match=r"finetune\.base_lr: saved 0\.05, now 0\.1"):
-    ckpt.check_resume_compatible(saved_job, job_config(0.1, 100, (0.1,)))
+    resume_check.check_resume_compatible(saved_job, job_config(0.1, 100, (0.1,)))
   # Tuples saved as JSON lists compare equal to the tuples of a fresh config.
   config = base_config()
   config.model.stage_sizes = (1, 1, 1, 1)
-  ckpt.check_resume_compatible(ckpt.config_to_json(config), config)
+  resume_check.check_resume_compatible(ckpt.config_to_json(config), config)
 
 
 def test_restore_encoder_from_workdir_and_step_dir(tmp_path):
@@ -284,7 +285,7 @@ def test_restore_encoder_from_workdir_and_step_dir(tmp_path):
     _save(checkpointer, 20, state, config=ckpt.config_to_json(config))
 
   for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "20"):
-    model_config, restored = ckpt.restore_encoder(path)
+    model_config, restored = encoder_checkpoint.restore_encoder(path)
     assert model_config["stage_sizes"] == (1, 1, 1, 1) and model_config["base_width"] == 4
     assert jax.tree.structure(restored) == jax.tree.structure(encoder_vars)
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(encoder_vars)):
@@ -295,7 +296,7 @@ def test_restore_encoder_from_workdir_and_step_dir(tmp_path):
                                                  "small_images")})
   assert model == encoder
   # An older step directory gives that step's encoder.
-  _, old = ckpt.restore_encoder(tmp_path / "checkpoints" / "10")
+  _, old = encoder_checkpoint.restore_encoder(tmp_path / "checkpoints" / "10")
   assert all(np.all(x == 0) for x in jax.tree.leaves(old))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from relic import checkpoint, config as config_lib, workdir as workdir_lib
+from relic import checkpoint, config as config_lib, encoder_checkpoint, workdir as workdir_lib
 from relic.config import ConfigError
 from relic.evaluators import linear_heads
 from relic.jobs import eval_pretrained, linear_probe
@@ -93,7 +93,7 @@ def test_linear_probe_end_to_end(probe, pretrained):
   assert results["selected"]["peak_lr"] == results["selected"]["base_lr"] * 32 / 256
   # The frozen encoder: checked by the job on its device copy, and the checkpoint is intact.
   assert results["encoder_unchanged"]
-  _, variables = checkpoint.restore_encoder(pretrained)
+  _, variables = encoder_checkpoint.restore_encoder(pretrained)
   assert eval_pretrained.fingerprint(variables) == results["encoder"]["fingerprint"]
   head, record = linear_probe.load_head(workdir)
   assert head["linear"]["kernel"].shape == (32, 10) and head["linear"]["bias"].shape == (10,)
@@ -159,7 +159,7 @@ def test_finetune_subset_changes_the_encoder_and_resumes(pretrained, tmp_path):
   assert results["test"]["num_examples"] == NUM_TEST
   with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:
     assert ckpt.latest_step() == 3                       # ceil(2 epochs * 20 / 16)
-  _, start = checkpoint.restore_encoder(pretrained)
+  _, start = encoder_checkpoint.restore_encoder(pretrained)
   tuned = _restore_finetuned(tmp_path)
   for group in ("params", "batch_stats"):
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(start[group]),

@@ -1,4 +1,5 @@
-"""The ablation script: every setting is a valid config, and the summary is right."""
+"""The experiment scripts: every ablation setting is a valid config and the summary is right;
+the step benchmark's sweep selection and its results file kept up to date setting by setting."""
 
 import importlib.util
 import json
@@ -6,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import ablations
+from experiments import ablations, bench_step
 from relic import config as config_lib
 from relic.jobs import pretrain
 
@@ -75,3 +76,33 @@ def test_finished_runs_are_reused_not_repeated(tmp_path, monkeypatch):
 
   monkeypatch.setattr(ablations.subprocess, "run", no_subprocess)
   assert ablations.run_one("relicv2", 0, tmp_path, 0.0) == fake_results(50.0, 20.0)
+
+
+def test_bench_sweep_selects_settings_and_keeps_each_finished_one(tmp_path, monkeypatch):
+  args = bench_step.parse_args(["--sweep", "--sweep_batches", "128,64", "--sweep_dtypes",
+                                "bfloat16", "--sweep_remat", "off"])
+  argvs = bench_step.sweep_argvs(args)
+  names = [argv[argv.index("--name") + 1] for argv in argvs]
+  assert names == ["sweep_r50_b128_bfloat16_remat_off", "sweep_r50_b64_bfloat16_remat_off"]
+  assert all(argv[argv.index("--dtype") + 1] == "bfloat16" for argv in argvs)
+  assert len(bench_step.sweep_argvs(bench_step.parse_args(["--sweep"]))) == 12  # full grid
+
+  # The second setting never finishes: the file still holds the first one's numbers.
+  out = tmp_path / "bench.json"
+  finished = []
+
+  class Finished:
+    returncode, stderr = 0, ""
+    stdout = json.dumps({"name": "first", "images_per_s": 1.0}) + "\n"
+
+  def fake_run(cmd, **unused):
+    if finished:
+      assert json.loads(out.read_text()) == [{"name": "first", "images_per_s": 1.0}]
+      raise bench_step.subprocess.TimeoutExpired(cmd, 1)
+    finished.append(cmd)
+    return Finished()
+
+  monkeypatch.setattr(bench_step.subprocess, "run", fake_run)
+  records = bench_step.run_subprocesses(argvs, timeout=1, out=str(out))
+  assert records[1]["error"] == "timed out after 1s"
+  assert [r.get("name") for r in json.loads(out.read_text())] == ["first", None]

@@ -274,7 +274,7 @@ def test_import_cli_round_trip(haiku_r50, tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
   assert (out / "config.json").exists() and (out / "checkpoints" / "0" / "state").is_dir()
-  model, variables = load_encoder(str(out))  # through relic.checkpoint.restore_encoder
+  model, variables = load_encoder(str(out))  # through relic.encoder_checkpoint.restore_encoder
   assert (model.depth, model.width_multiplier, model.padding) == (50, 1, "same")
   images = jax.random.uniform(jax.random.key(5), (2, 64, 64, 3))
   np.testing.assert_allclose(relic_features(model, variables, images),

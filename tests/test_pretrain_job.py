@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from relic import checkpoint, config as config_lib, main, metrics
+from relic import checkpoint, config as config_lib, encoder_checkpoint, main, metrics
 from relic.jobs import pretrain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def losses(workdir):
 
 
 def encoder(workdir):
-  return checkpoint.restore_encoder(str(workdir))[1]
+  return encoder_checkpoint.restore_encoder(str(workdir))[1]
 
 
 def assert_identical(a, b):
@@ -64,7 +64,7 @@ def test_loss_decreases_and_checkpoint_restores(uninterrupted):
   assert last < first - 0.05, (first, last)
   steps = sorted(int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit())
   assert steps[-1] == NUM_STEPS and 8 in steps
-  model_config, variables = checkpoint.restore_encoder(str(uninterrupted))
+  model_config, variables = encoder_checkpoint.restore_encoder(str(uninterrupted))
   assert model_config["stage_sizes"] == (1, 1, 1, 1)
   assert variables["params"]["conv_init"]["kernel"].shape[-1] == 8
   # The stored config is the run's.
@@ -127,7 +127,7 @@ def test_failed_save_stops_cleanly_and_keeps_previous_checkpoint(tmp_path, monke
   monkeypatch.setattr(checkpoint.Checkpointer, "save", full_disk)
   with pytest.raises(checkpoint.CheckpointSaveError, match="No space left"):
     main.run(tiny_config(), str(tmp_path))
-  model_config, variables = checkpoint.restore_encoder(str(tmp_path))
+  model_config, variables = encoder_checkpoint.restore_encoder(str(tmp_path))
   assert model_config["depth"] == 50 and variables["params"]
 
 

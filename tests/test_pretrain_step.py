@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from relic import config as config_lib
-from relic import parallel
+from relic import optim, parallel
 from relic.models import networks_from_config
 from relic.pretrain_step import jit_pretrain_step, make_pretrain_step
 from relic.train_state import create_train_state
@@ -32,14 +32,15 @@ def make_batch(batch=16, num_large=2, num_small=2, seed=0):
 
 def build(config, ema=lambda step: jnp.asarray(0.99), lr=0.1):
   online, target = networks_from_config(config.model)
-  optimizer = optax.sgd(lr)
+  optimizer = optim.step_scheduled(optax.sgd)
   probe_optimizer = optax.sgd(0.1)
   state = create_train_state(jax.random.key(0), online=online, target=target,
                              optimizer=optimizer, probe_optimizer=probe_optimizer,
                              num_classes=10, image_size=16)
   step = make_pretrain_step(config, online=online, target=target, optimizer=optimizer,
                             probe_optimizer=probe_optimizer,
-                            learning_rate=lambda s: jnp.asarray(lr), ema_rate=ema,
+                            learning_rate=lr if callable(lr) else lambda s: jnp.asarray(lr),
+                            ema_rate=ema,
                             num_classes=10)
   return state, step
 
@@ -137,6 +138,32 @@ def test_nonfinite_step_skipped_when_asked():
   jax.tree.map(np.testing.assert_array_equal, state.online_params, new_state.online_params)
 
 
+def test_skipped_step_keeps_the_learning_rate_on_the_step_schedule():
+  """ok, NaN (skipped), ok == ok, then a clean step at the rate schedule(2): the update after a
+  skip uses the schedule of the train step (a rate lagging by the skipped step would be
+  schedule(1)), and the optimiser state only counts the applied updates."""
+  config = tiny_config()
+  config.train.nan_policy = "skip"
+  schedule = lambda s: 0.05 * (1.0 + s)  # a different rate at every step
+  clean = jax.tree.map(jnp.asarray, make_batch(seed=1))
+  bad = dict(clean, large=clean["large"].at[0, 0, 0, 0, 0].set(jnp.nan))
+  state, step = build(config, lr=schedule)
+  step = jax.jit(step)
+  skipped, _ = step(state, clean)
+  skipped, metrics = step(skipped, bad)
+  assert not metrics["finite"]
+  skipped, metrics = step(skipped, clean)
+  assert float(metrics["learning_rate"]) == pytest.approx(schedule(2))
+
+  # Reference: the third update taken by a step whose schedule is the constant schedule(2).
+  _, at_step_2 = build(config, lr=lambda s: jnp.asarray(schedule(2)))
+  reference, _ = step(state, clean)
+  reference, _ = jax.jit(at_step_2)(reference.replace(step=reference.step + 1), clean)
+  assert int(skipped.step) == int(reference.step) == 3
+  jax.tree.map(np.testing.assert_array_equal, skipped.online_params, reference.online_params)
+  jax.tree.map(np.testing.assert_array_equal, skipped.opt_state, reference.opt_state)
+
+
 def test_supervised_objective_learns_labels_and_skips_target():
   config = tiny_config(objective="supervised")
   config.model.projector_output_dim = 10
@@ -146,10 +173,10 @@ def test_supervised_objective_learns_labels_and_skips_target():
   losses = []
   for _ in range(5):
     new_state, metrics = jitted(state, batch)
-    # The target branch does not run: its BN statistics are untouched.
-    same = jax.tree.map(np.array_equal, new_state.target_batch_stats,
-                              state.target_batch_stats)
-    assert all(jax.tree.leaves(same))
+    # The target branch does not run and is not updated: its statistics and weights stay.
+    for group in ("target_batch_stats", "target_params"):
+      same = jax.tree.map(np.array_equal, getattr(new_state, group), getattr(state, group))
+      assert all(jax.tree.leaves(same)), group
     state = new_state
     losses.append(float(metrics["loss"]))
   assert set(metrics) >= {"loss", "accuracy", "probe_top1"}

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from relic import config as config_lib
-from relic import parallel
+from relic import optim, parallel
 from relic.models import networks_from_config
 from relic.pretrain_step import jit_pretrain_step, make_pretrain_step
 from relic.train_state import create_train_state
@@ -45,7 +45,7 @@ def build(config):
   """State and step with LARS (weight decay + trust ratio): per-tensor norms must see the
   whole tensor, also when it is split over devices."""
   online, target = networks_from_config(config.model)
-  optimizer = optax.lars(0.1, weight_decay=1e-4, momentum=0.9)
+  optimizer = optim.step_scheduled(lambda lr: optax.lars(lr, weight_decay=1e-4, momentum=0.9))
   probe_optimizer = optax.sgd(0.1)
   state = create_train_state(jax.random.key(0), online=online, target=target,
                              optimizer=optimizer, probe_optimizer=probe_optimizer,

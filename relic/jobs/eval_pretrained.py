@@ -133,9 +133,9 @@ def _load(path: str) -> tuple[ResNet, dict[str, Any]]:
   except ImportError as e:  # interop is optional for relic workdirs
     logging.warning("relic.interop is not importable (%s); loading %s as a relic checkpoint.",
                     e, path)
-    from relic import checkpoint  # pylint: disable=import-outside-toplevel
+    from relic import encoder_checkpoint  # pylint: disable=import-outside-toplevel
     from relic.models import encoder_from_config  # pylint: disable=import-outside-toplevel
-    model_config, variables = checkpoint.restore_encoder(path)
+    model_config, variables = encoder_checkpoint.restore_encoder(path)
     return encoder_from_config(model_config), variables
   try:
     return load_encoder(path)

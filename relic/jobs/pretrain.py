@@ -18,7 +18,7 @@ import optax
 from absl import logging
 from etils import epath
 
-from relic import checkpoint, optim, parallel, preemption, schedules
+from relic import checkpoint, optim, parallel, preemption, resume_check, schedules
 from relic import workdir as workdir_lib
 from relic.config import ConfigError
 from relic.data import pipeline
@@ -69,7 +69,7 @@ def _check_resumable(config, workdir: str) -> None:
   """Refuses to continue a run of another experiment, before any compute."""
   saved = workdir_lib.read_config(workdir)
   if saved is not None:
-    checkpoint.check_resume_compatible(saved, config)
+    resume_check.check_resume_compatible(saved, config)
 
 
 class _Divergence:
@@ -112,7 +112,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   warmup = schedules.warmup_steps(config, num_train)
   lr = schedules.learning_rate_schedule(config, total, warmup)
   ema = lambda step: schedules.ema_rate(step, total, config.ema.base_rate)
-  optimizer = optim.make_optimizer(config, lr)
+  optimizer = optim.step_scheduled(lambda rate: optim.make_optimizer(config, rate))
   probe_optimizer = optax.sgd(config.probe.lr, momentum=0.9, nesterov=True)
   num_classes = _probe_classes(config)
   online, target = networks_from_config(config.model)
@@ -136,7 +136,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   start = 0
   if ckpt.latest_step() is not None:
     tree, meta = ckpt.restore(state.to_dict())
-    checkpoint.check_resume_compatible(meta.get("config", {}), config)
+    resume_check.check_resume_compatible(meta.get("config", {}), config)
     state = state.replace_from_dict(tree)
     start = int(state.step)
     logging.info("Resumed from checkpoint step %d in %s.", start, ckpt.directory)

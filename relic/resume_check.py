@@ -1,0 +1,97 @@
+"""Which config changes a resumed run accepts: the experiment-defining fields must match the
+checkpoint's, everything else (cadences, paths, threads, evaluation settings) may change."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Mapping
+
+import ml_collections
+from absl import logging
+
+from relic.checkpoint import config_to_json
+from relic.config import ConfigError
+
+# Fields that define the experiment. Resuming with a different value would continue a run that
+# is no longer the one the checkpoint belongs to (different model, objective, data, optimiser
+# trajectory or schedule length), silently. Patterns are matched against dotted field names.
+CRITICAL_FIELDS = (
+    "job",
+    "seed",
+    "model.*",
+    "loss.*",
+    "optim.*",
+    "ema.*",
+    "data.source",
+    "data.dataset",
+    "data.train_split",
+    "data.mask_prob",
+    "data.mask_fill",
+    "data.views.*",
+    "data.builtin.*",
+    "train.batch_size",
+    "train.num_epochs",
+    "train.num_steps",
+    "train.num_train_examples",   # sets the schedule length when training is given in epochs.
+    "probe.enabled",              # the probe head is part of the train state ...
+    "probe.num_classes",          # ... and its shape.
+    "pretrained",                 # evaluation jobs: the encoder they start from.
+    # Plus the section named after the job, if there is one (e.g. ``finetune.*`` when
+    # ``job='finetune'``): an evaluation job's own optimiser, batch and duration.
+)
+# Inside the critical groups but without effect on the computed values: rematerialisation
+# trades memory for FLOPs (a resumed run on a smaller accelerator may need it); cadences and
+# retention of a job's own section.
+NOT_CRITICAL = ("model.remat", "*.log_every_steps", "*.checkpoint_every_steps",
+                "*.eval_every_steps", "*.keep_checkpoints", "*.keep_every_steps")
+# Everything else may change on resume: logging / evaluation / checkpoint cadence, retention,
+# parameter sharding (train.fsdp: restore re-shards), data paths and reader threads, NaN
+# policy, kNN settings, the sections of other jobs.
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _is_critical(field: str, job: str) -> bool:
+  if any(fnmatch.fnmatchcase(field, pattern) for pattern in NOT_CRITICAL):
+    return False
+  return any(fnmatch.fnmatchcase(field, pattern) for pattern in CRITICAL_FIELDS + (f"{job}.*",))
+
+
+def check_resume_compatible(saved_config: Mapping[str, Any] | ml_collections.ConfigDict,
+                            config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a checkpoint whose experiment-defining config differs (CRITICAL_FIELDS).
+
+  Harmless fields (cadences, retention, paths, threads, evaluation settings) may change. A
+  critical field present on one side only (the schema gained or lost a field between versions)
+  is logged, not refused: there is no saved value to compare.
+
+  Raises:
+    ConfigError: naming every differing field with its saved and its new value.
+  """
+  saved = _flatten(config_to_json(saved_config))
+  new = _flatten(config_to_json(config))
+  differences = []
+  for field in sorted(set(saved) | set(new)):
+    if not _is_critical(field, str(new.get("job", ""))):
+      continue
+    if field not in saved or field not in new:
+      logging.warning("Resume check: config field %s exists only in the %s config; not compared.",
+                      field, "new" if field in new else "saved")
+      continue
+    if saved[field] != new[field]:
+      differences.append(f"  {field}: saved {saved[field]!r}, now {new[field]!r}")
+  if differences:
+    raise ConfigError(
+        "the checkpoint to resume was trained with a different experiment config; refusing "
+        "to resume because these fields differ:\n" + "\n".join(differences) +
+        "\nFix: resume with the saved values (see config.json in the workdir), or start a new "
+        "run in a new --workdir.")
