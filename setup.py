@@ -28,9 +28,10 @@ setup(
         "cuda13": ["jax[cuda13]==0.10.2"],
         "tpu": ["jax[tpu]==0.10.2"],
         # Interop tests and the PyTorch export need CPU torch/torchvision and Haiku; the
-        # ablation script plots with matplotlib.
+        # ablation script plots with matplotlib; tfds's builders (the VOC2007 tests prepare
+        # voc/2007 from a tiny devkit) need importlib_resources.
         "test": ["pytest", "ruff", "dm-haiku==0.0.17", "torch==2.14.1",
-                 "torchvision==0.29.1", "scikit-image", "matplotlib"],
+                 "torchvision==0.29.1", "scikit-image", "matplotlib", "importlib_resources"],
         "experiments": ["matplotlib"],
     },
     entry_points={"console_scripts": ["relic=relic.main:cli"]},

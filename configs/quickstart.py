@@ -9,7 +9,7 @@ ground-truth masks), then fits a linear classifier and a kNN classifier on the f
 of the pretrained encoder and of a random-init encoder of the same architecture, and prints and
 writes results.json / results.md into the workdir.
 Expected (measured on 2 CPU cores, README's quickstart table): linear top-1 on 'test' 52.4% for
-the pretrained encoder vs 29.8% for random init (kNN 44.1% vs 24.9%), in about 10 minutes.
+the pretrained encoder vs 29.8% for random init (kNN 44.1% vs 24.9%), in about 9 minutes (2-core CPU).
 """
 
 from relic.config import base_config, check_config_args, parse_config_arg

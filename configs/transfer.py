@@ -1,18 +1,19 @@
 """Transfer of a pretrained encoder to other datasets: linear and fine-tune protocols.
 
-Command (all ten datasets tfds provides, linear protocol):
+Command (all eleven datasets tfds provides, linear protocol):
   python -m relic.main --config=configs/transfer.py \
       --config.pretrained=WORKDIR_OR_CHECKPOINT --workdir=DIR
   One or a few datasets: --config.transfer.datasets=cifar10,dtd
   Fine-tuning as well:   configs/transfer.py:finetune (or --config.transfer.protocols=linear,finetune)
 Datasets (relic/jobs/eval_transfer_datasets.py): food101, cifar10, cifar100, caltech_birds2011
-  (substitute for Birdsnap, which is not in tfds), sun397 (sun397/tfds), cars196, dtd,
-  oxford_iiit_pet, caltech101, oxford_flowers102; also 'tfds_name:train:test' and 'folder:PATH'
-  (FGVC Aircraft is not in tfds; VOC2007 is multi-label and not covered). Prepare each with
-  `tfds build NAME` once.
+  (substitute for Birdsnap, which is not in tfds), sun397 (sun397/tfds), cars196, voc2007
+  (voc/2007), dtd, oxford_iiit_pet, caltech101, oxford_flowers102; also 'tfds_name:train:test'
+  and 'folder:PATH' (FGVC Aircraft is not in tfds). Prepare each with `tfds build NAME` once.
 Linear protocol: L2 logistic regression on frozen centre-crop features, the L2 strength chosen
-  on 20% of train, refit on all of train, scored on test (top-1 and mean per-class accuracy).
-Fine-tune protocol: config.finetune (full train split; finetune.lr_grid for a rate sweep).
+  on 20% of train, refit on all of train, scored on test (top-1 and mean per-class accuracy;
+  VOC2007, multi-label: one-vs-rest, 11-point mAP).
+Fine-tune protocol: config.finetune (full train split; finetune.lr_grid for a rate sweep); the
+  ':finetune' variant leaves VOC2007 out (its head would be multi-label, not supported).
 Outputs: DIR/<dataset>/results.json per dataset and DIR/results.md, the table across datasets.
   A rerun skips the datasets already done for the same encoder.
 Variants: 'runlocal': the built-in dataset as the target, minutes on a CPU:
@@ -30,6 +31,8 @@ def get_config(arg=None):
   config = imagenet_eval_config("transfer")
   if "finetune" in options:
     config.transfer.protocols = ("linear", "finetune")
+    # Fine-tuning trains a single-label head; VOC2007 (multi-label) is scored linearly only.
+    config.transfer.datasets = tuple(d for d in config.transfer.datasets if d != "voc2007")
     config.finetune.update(dict(subset="full", num_epochs=30.0))
   if "runlocal" in options:
     apply_eval_runlocal(config)

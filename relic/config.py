@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.transfer = ml_collections.ConfigDict(dict(
       # Names from relic/jobs/eval_transfer_datasets.py, or 'tfds_name:train_split:test_split'.
       datasets=("food101", "cifar10", "cifar100", "caltech_birds2011", "sun397", "cars196",
-                "dtd", "oxford_iiit_pet", "caltech101", "oxford_flowers102"),
+                "voc2007", "dtd", "oxford_iiit_pet", "caltech101", "oxford_flowers102"),
       protocols=("linear",),    # 'linear' (frozen features) and/or 'finetune' (config.finetune).
       image_size=224,
       batch_size=256,           # global batch of feature extraction.

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from relic import config as config_lib
 from relic.config import ConfigError
 from relic.data import pipeline, tfds_source
+from tests import voc2007_data
 
 NUM = 13
 
@@ -95,3 +96,29 @@ def test_processes_read_disjoint_even_splits(config, monkeypatch):
   blocks = tfds_source._BLOCKS_PER_PROCESS
   assert shares[0] == {(i, 2 * blocks) for i in range(blocks)}
   assert shares[1] == {(i, 2 * blocks) for i in range(blocks, 2 * blocks)}
+
+
+def test_voc2007_is_multilabel_with_difficult_classes_ignored(tmp_path):
+  """tfds's real voc/2007 builder on a tiny devkit: each image's targets are its classes (1),
+  the others (0), and -1 for a class present only as "difficult" objects."""
+  expected = voc2007_data.write_devkit(tmp_path / "devkit")
+  voc2007_data.prepare(tmp_path / "tfds", tmp_path / "devkit")
+  config = config_lib.base_config()
+  config.data.update(dict(source="tfds", dataset="voc/2007", mask_prob=0.0,
+                          data_dir=str(tmp_path / "tfds"), train_split="train+validation",
+                          eval_split="test"))
+  assert pipeline.is_multilabel(config) and pipeline.num_classes(config) == 20
+  assert pipeline.num_examples(config, "train+validation") == 16
+  batches = list(pipeline.eval_batches(config, split="test", batch_size=4, image_size=32))
+  assert len(batches) == 3 and all(b["labels"].shape == (4, 20) for b in batches)
+  assert not batches[-1]["valid"][1:].any() and (batches[-1]["labels"][1:] == -1).all()
+  got = np.concatenate([b["labels"][b["valid"]] for b in batches])
+  want = np.stack(list(expected["test"].values()))
+  assert (want == -1).any()                                # the devkit has difficult-only classes
+  rows = lambda a: sorted(map(tuple, a.tolist()))           # tfds stores examples shuffled
+  assert rows(got) == rows(want)
+  assert (np.concatenate([b["label"] for b in batches]) == -1).all()  # no single class
+  # Single-label jobs refuse it before any compute, naming the protocol that scores it.
+  for what in ("the linear_probe job", "the finetune job"):
+    with pytest.raises(ConfigError, match="multi-label.*11-point mAP"):
+      pipeline.check_single_label(config, what)

@@ -19,6 +19,7 @@ from relic.jobs import eval_pretrained, linear_probe
 from relic.jobs.eval_results import read_results
 from relic.main import run as run_job
 from relic.models import encoder_from_config
+from tests import voc2007_data
 
 TINY_MODEL = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True)
 NUM_TRAIN, NUM_TEST = 200, 100    # 100 test images: not a multiple of the global batch (32)
@@ -195,6 +196,33 @@ def test_transfer_linear_on_tfds_mock_data(pretrained, tmp_path):
   table = (tmp_path / "results.md").read_text()
   assert "| cifar10 | cifar10 | top1 |" in table
   assert (tmp_path / "cifar10" / "results.json").exists()
+
+
+def test_transfer_voc2007_linear_map_and_single_label_jobs_refused(pretrained, tmp_path):
+  voc2007_data.write_devkit(tmp_path / "devkit")
+  voc2007_data.prepare(tmp_path / "tfds", tmp_path / "devkit")
+  config = eval_config("transfer", pretrained)
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.transfer.update(dict(datasets=("voc2007",), protocols=("linear",), batch_size=8,
+                              image_size=32, l2_grid=(1e-3, 1.0), max_iter=20))
+  results = run(config, str(tmp_path / "transfer"))
+  entry = results["datasets"]["voc2007"]
+  assert entry["metric"] == "map11" and entry["linear"]["num_train"] == 16
+  assert entry["linear"]["num_test"] == 9 and entry["linear"]["num_classes"] == 20
+  assert 0.0 < entry["linear"]["map"] <= 100.0 and len(entry["linear"]["per_class_ap"]) == 20
+  table = (tmp_path / "transfer" / "results.md").read_text()
+  assert f"| voc2007 | voc/2007 | map11 | {entry['linear']['map']:.1f} |" in table
+
+  # Protocols that need one class per image stop before any compute.
+  config.transfer.protocols = ("linear", "finetune")
+  with pytest.raises(ConfigError, match="voc2007: .*multi-label"):
+    run(config, str(tmp_path / "refused"))
+  probe_config = eval_config("linear_probe", pretrained)
+  probe_config.data.update(dict(source="tfds", dataset="voc/2007", data_dir=str(tmp_path / "tfds"),
+                                train_split="train+validation", eval_split="test"))
+  with pytest.raises(ConfigError, match="multi-label"):
+    run(probe_config, str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()
 
 
 def test_missing_pretrained_fails_before_compute(tmp_path):

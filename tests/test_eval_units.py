@@ -1,4 +1,7 @@
-"""Evaluation building blocks: class subsets, label subsets, exact counts, side-by-side heads."""
+"""Evaluation building blocks: class subsets, label subsets, exact counts, side-by-side heads,
+VOC2007 average precision and the multi-label linear evaluation."""
+
+import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +13,7 @@ from relic import config as config_lib
 from relic import parallel
 from relic.config import ConfigError
 from relic.evaluators import accuracy, class_subsets, label_subsets, linear_heads
+from relic.evaluators import linear, multilabel
 from relic.jobs import eval_pretrained, eval_robustness_sets, eval_transfer_datasets, robustness
 
 
@@ -125,8 +129,10 @@ def test_transfer_names_substitutes_and_unavailable_datasets():
   assert (custom.dataset, custom.train_split, custom.test_split) == ("stanford_dogs", "train",
                                                                       "test")
   assert eval_transfer_datasets.resolve("folder:/data/aircraft").source == "folder"
-  for name, hint in (("birdsnap", "caltech_birds2011"), ("voc2007", "multi-label"),
-                     ("fgvc_aircraft", "folder:")):
+  voc = eval_transfer_datasets.resolve("voc2007")
+  assert (voc.dataset, voc.train_split, voc.test_split, voc.metric) == (
+      "voc/2007", "train+validation", "test", "map11")
+  for name, hint in (("birdsnap", "caltech_birds2011"), ("fgvc_aircraft", "folder:")):
     with pytest.raises(ConfigError, match=hint):
       eval_transfer_datasets.resolve(name)
   with pytest.raises(ConfigError, match="unknown dataset"):
@@ -166,3 +172,75 @@ def test_heads_optimizer_matches_optax_sgd_for_one_head():
     u1, s1 = ours.update(grads, s1, params)
     u2, s2 = ref.update(grads, s2, params)
     np.testing.assert_allclose(-0.5 * u1["w"], u2["w"], rtol=1e-6)
+
+
+def devkit_average_precision(scores, targets):
+  """The VOC2007 devkit's VOCevalcls.m, transcribed line by line: 11-point interpolated AP;
+  'difficult' (target 0 there, -1 here) examples removed before ranking."""
+  gt = np.where(targets > 0, 1, np.where(targets < 0, 0, -1))  # devkit: 1 / -1, 0 = difficult
+  order = np.argsort(-scores, kind="stable")
+  tp = (gt[order] > 0).astype(float)
+  fp = (gt[order] < 0).astype(float)
+  fp, tp = np.cumsum(fp), np.cumsum(tp)
+  rec = tp / np.sum(gt > 0)
+  with np.errstate(invalid="ignore"):
+    prec = tp / (fp + tp)               # NaN while only difficult ones are ranked
+  ap = 0.0
+  for t in np.arange(0, 1.1, 0.1):
+    p = prec[rec >= t - 1e-12]          # devkit: max(prec(rec>=t)), empty -> 0, NaN skipped
+    p = 0.0 if p.size == 0 else np.nanmax(p)
+    ap += p / 11
+  return 100 * ap
+
+
+def test_voc2007_average_precision_matches_the_devkit():
+  # By hand: ranks hit, miss, hit, miss -> precision 1 up to recall 0.5, 2/3 up to recall 1.
+  assert multilabel.average_precision_11point(np.array([0.9, 0.8, 0.7, 0.6]),
+                                              np.array([1, 0, 1, 0])) == pytest.approx(
+      100 * (6 * 1 + 5 * 2 / 3) / 11)
+  # A "difficult" example ranked first is ignored, not counted as a false positive.
+  assert multilabel.average_precision_11point(np.array([1.0, 0.9, 0.8, 0.7, 0.6]),
+                                              np.array([-1, 1, 0, 1, 0])) == pytest.approx(
+      100 * (6 * 1 + 5 * 2 / 3) / 11)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    targets = rng.choice([1, 0, 0, 0, -1], size=60)
+    targets[0] = 1
+    scores = rng.normal(size=60) + targets
+    assert multilabel.average_precision_11point(scores, targets) == pytest.approx(
+        devkit_average_precision(scores, targets))
+  scores, targets = rng.normal(size=(30, 3)), rng.choice([1, 0], size=(30, 3))
+  targets[:, 2] = 0                                   # no positive: left out of the mean
+  mean, per_class = multilabel.mean_average_precision(scores, targets)
+  assert np.isnan(per_class[2]) and mean == pytest.approx(np.mean(per_class[:2]))
+
+
+def test_multilabel_linear_evaluation_learns_and_ignores_difficult():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(400, 8)).astype(np.float32)
+  y = (x[:, :3] > 0).astype(np.int32)                # class c present iff feature c > 0
+  ignored = y.copy()
+  ignored[:150, 0] = -1
+  result = multilabel.select_and_evaluate(x[:300], ignored[:300], x[300:], y[300:],
+                                          l2_grid=(1e-4, 1e2), max_iter=100)
+  assert result["map"] > 97, result
+  assert result["l2"] == 1e-4 and len(result["per_class_ap"]) == 3
+
+  # The loss: per-class sigmoid cross-entropy over the known targets, in NumPy.
+  logits = rng.normal(size=(6, 3))
+  targets = rng.choice([1, 0, -1], size=(6, 3))
+  known = targets >= 0
+  bce = np.where(targets > 0, np.log1p(np.exp(-logits)), np.log1p(np.exp(logits)))
+  expected = bce[known].sum() / known.sum() * 3
+  assert float(linear._nll(jnp.asarray(logits), jnp.asarray(targets), True)) == pytest.approx(
+      expected, rel=1e-5)
+
+
+def test_transfer_config_scores_voc2007_linearly_only():
+  spec = importlib.util.spec_from_file_location("transfer_config", "configs/transfer.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert "voc2007" in module.get_config().transfer.datasets
+  finetune = module.get_config("finetune").transfer
+  assert "finetune" in finetune.protocols and "voc2007" not in finetune.datasets
+  assert len(finetune.datasets) == 10

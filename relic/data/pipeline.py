@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from relic.config import ConfigError
 from relic.data import augment_spec, fake, seeds, sources, views
 from relic.data.checks import check_data_config
 from relic.data.prefetch import device_prefetch
@@ -56,6 +57,21 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
   if config.data.fake:
     return fake.NUM_CLASSES
   return sources.get_source(config).num_classes()
+
+
+def is_multilabel(config: ml_collections.ConfigDict) -> bool:
+  """Whether the dataset's examples carry a set of classes (evaluation batches get 'labels')."""
+  return not config.data.fake and sources.get_source(config).multilabel()
+
+
+def check_single_label(config: ml_collections.ConfigDict, what: str) -> None:
+  """Raises ConfigError when the dataset is multi-label and ``what`` needs one class per image."""
+  if is_multilabel(config):
+    raise ConfigError(
+        f"config.data.dataset={config.data.dataset!r} is multi-label (a set of classes per "
+        f"image); {what} trains a single-label classifier. Fix: score it with the transfer "
+        "job's linear protocol (11-point mAP): --config.job=transfer "
+        "--config.transfer.protocols=linear")
 
 
 def split_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -204,7 +220,8 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str, batch_size: i
 
   Yields:
     'image' ``(b, image_size, image_size, 3)`` float32 in [0, 1], 'label' ``(b,)`` int32 and
-    'valid' ``(b,)`` bool. A single pass is padded with invalid examples (zero image, label
+    'valid' ``(b,)`` bool; for a multi-label source also 'labels' ``(b, num_classes)`` int32
+    (see ``Source.multilabel``). A single pass is padded with invalid examples (zero image, label
     -1) to :func:`eval_num_batches` batches on every process, so each example is counted
     exactly once however the devices split the batch.
   """
@@ -224,8 +241,11 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str, batch_size: i
   def example(epoch: tf.Tensor, position: tf.Tensor, record) -> dict[str, tf.Tensor]:
     loaded = reader.load(record)
     key = seeds.example_key(root, epoch, position)
-    return {"image": views.eval_image(loaded["image"], key, image_size, train_augment),
-            "label": tf.cast(loaded["label"], tf.int32), "valid": tf.constant(True)}
+    out = {"image": views.eval_image(loaded["image"], key, image_size, train_augment),
+           "label": tf.cast(loaded["label"], tf.int32), "valid": tf.constant(True)}
+    if reader.multilabel:
+      out["labels"] = tf.cast(loaded["labels"], tf.int32)
+    return out
 
   _probe(reader, root, example, f"split {split!r}")
   ds = _stream(reader, root, 0, 0, shuffle=train_augment, repeat=repeat)
@@ -234,6 +254,8 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str, batch_size: i
   if not repeat:
     padding = {"image": tf.zeros([image_size, image_size, 3], tf.float32),
                "label": tf.constant(-1, tf.int32), "valid": tf.constant(False)}
+    if reader.multilabel:
+      padding["labels"] = tf.fill(ds.element_spec["labels"].shape, -1)
     total = eval_num_batches(reader.global_size, process_count, batch_size) * batch_size
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(total)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

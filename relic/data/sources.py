@@ -26,6 +26,7 @@ class Reader(abc.ABC):
   size: int         # examples in this process's share
   global_size: int  # examples in the split, over all processes
   has_masks: bool   # load_mask() works
+  multilabel: bool = False  # load() also returns 'labels', see Source.multilabel
 
   @abc.abstractmethod
   def epoch(self, root: tf.Tensor, epoch: tf.Tensor, shuffle: bool) -> tf.data.Dataset:
@@ -58,6 +59,12 @@ class Source(abc.ABC):
   @abc.abstractmethod
   def split_names(self) -> tuple[str, ...]:
     ...
+
+  def multilabel(self) -> bool:
+    """Whether examples carry a set of classes (VOC2007) instead of one: then 'label' is -1 and
+    :meth:`Reader.load` adds 'labels', (num_classes,) int32 with 1 = present, 0 = absent and
+    -1 = ignored (present only as "difficult" objects)."""
+    return False
 
   @abc.abstractmethod
   def reader(self, split: str, *, process_index: int, process_count: int,

@@ -53,7 +53,9 @@ def missing_message(name: str, data_dir: str, error: Exception) -> str:
 
 
 class TfdsSource(sources.Source):
-  """A tfds image dataset; the first Image feature is the image, 'label' the class if present."""
+  """A tfds image dataset; the first Image feature is the image, 'label' the class if present,
+  else 'labels' (a sequence of classes, as in voc/2007) the set of classes of a multi-label
+  dataset, with 'labels_no_difficult' (if present) telling which are only "difficult"."""
 
   def __init__(self, data: ml_collections.ConfigDict):
     self.name = data.dataset
@@ -68,7 +70,15 @@ class TfdsSource(sources.Source):
       raise ValueError(f"tfds dataset {self.name!r} has no image feature.")
     self.image_key = images[0]
     label = features["label"] if "label" in features else None
-    self._num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else 0
+    labels = features["labels"] if "labels" in features else None
+    self._multilabel = (not isinstance(label, tfds.features.ClassLabel) and
+                        isinstance(labels, tfds.features.Sequence) and
+                        isinstance(labels.feature, tfds.features.ClassLabel))
+    if self._multilabel:
+      self._num_classes = labels.feature.num_classes
+      self._has_difficult = "labels_no_difficult" in features
+    else:
+      self._num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else 0
     self.has_file_names = "file_name" in features
 
   def as_dataset(self, split) -> tf.data.Dataset:
@@ -92,6 +102,9 @@ class TfdsSource(sources.Source):
   def split_names(self) -> tuple[str, ...]:
     return tuple(self.builder.info.splits.keys())
 
+  def multilabel(self) -> bool:
+    return self._multilabel
+
   def reader(self, split: str, *, process_index: int, process_count: int,
              with_masks: bool) -> sources.Reader:
     global_size = self.num_examples(split)
@@ -100,7 +113,9 @@ class TfdsSource(sources.Source):
     datasets = [self.as_dataset(s) for s in
                 subsplits[process_index * blocks:(process_index + 1) * blocks]]
     masks = self._mask_table() if with_masks else None
-    return TfdsReader(datasets, global_size, self._shuffle_buffer, self.image_key, masks)
+    targets = ((self._num_classes, self._has_difficult) if self._multilabel else None)
+    return TfdsReader(datasets, global_size, self._shuffle_buffer, self.image_key, masks,
+                      targets)
 
   def _mask_table(self) -> tf.lookup.StaticHashTable:
     """file_name stem -> mask file."""
@@ -122,7 +137,8 @@ class TfdsReader(sources.Reader):
   """One process's blocks of a tfds split; see the module docstring for the epoch order."""
 
   def __init__(self, datasets: list[tf.data.Dataset], global_size: int, shuffle_buffer: int,
-               image_key: str, masks: tf.lookup.StaticHashTable | None):
+               image_key: str, masks: tf.lookup.StaticHashTable | None,
+               multilabel_targets: tuple[int, bool] | None = None):
     self._datasets = datasets
     self._sizes = np.array([int(ds.cardinality()) for ds in datasets], np.int64)
     self.size = int(self._sizes.sum())
@@ -131,6 +147,9 @@ class TfdsReader(sources.Reader):
     self._shuffle_buffer = shuffle_buffer
     self._image_key = image_key
     self._masks = masks
+    # (num_classes, has 'labels_no_difficult') of a multi-label dataset.
+    self._targets = multilabel_targets
+    self.multilabel = multilabel_targets is not None
 
   def epoch(self, root: tf.Tensor, epoch: tf.Tensor, shuffle: bool) -> tf.data.Dataset:
     if not shuffle:
@@ -155,10 +174,29 @@ class TfdsReader(sources.Reader):
       stem = tf.strings.regex_replace(
           tf.strings.regex_replace(example["file_name"], r"^.*/", ""), r"\.[^.]*$", "")
       record["mask_path"] = self._masks.lookup(stem)
+    if self._targets is not None:
+      record["labels"] = self._multilabel_targets(example)
     return record
 
+  def _multilabel_targets(self, example: dict[str, tf.Tensor]) -> tf.Tensor:
+    """(num_classes,) int32: 1 present, 0 absent, -1 present only as "difficult" objects."""
+    num_classes, has_difficult = self._targets
+
+    def indicator(classes):
+      hits = tf.reduce_sum(tf.one_hot(classes, num_classes, dtype=tf.int32), axis=0)
+      return tf.minimum(hits, 1)
+
+    present = indicator(example["labels"])
+    if not has_difficult:
+      return present
+    clear = indicator(example["labels_no_difficult"])
+    return tf.where(clear > 0, 1, tf.where(present > 0, -1, 0))
+
   def load(self, record) -> dict[str, tf.Tensor]:
-    return {"image": decode.decode_image(record["image"]), "label": record["label"]}
+    loaded = {"image": decode.decode_image(record["image"]), "label": record["label"]}
+    if self.multilabel:
+      loaded["labels"] = record["labels"]
+    return loaded
 
   def load_mask(self, record, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
     if self._masks is None:

@@ -20,7 +20,9 @@ def make_feature_fn(encoder, mesh):
 def extract_features(encoder, variables: Any, batches: Iterable[dict], mesh,
                      max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Features and labels of every valid example of ``batches`` (per-process eval batches with
-  'image', 'label', 'valid'; padded examples are dropped). Identical on every process.
+  'image', 'label', 'valid'; padded examples are dropped). Identical on every process. The
+  labels are the batches' 'labels' (N, num_classes) when they have them (a multi-label
+  dataset), else 'label' (N,).
 
   Args:
     max_examples: stop once this many valid examples are collected (0 = the whole split).
@@ -33,7 +35,7 @@ def extract_features(encoder, variables: Any, batches: Iterable[dict], mesh,
     images = parallel.to_global(batch["image"], mesh)
     out = feature_fn(variables, images)
     gathered = multihost_utils.process_allgather(
-        {"f": out, "l": parallel.to_global(batch["label"], mesh),
+        {"f": out, "l": parallel.to_global(batch.get("labels", batch["label"]), mesh),
          "v": parallel.to_global(batch["valid"], mesh)}, tiled=True)
     valid = np.asarray(gathered["v"], bool)
     features.append(np.asarray(gathered["f"])[valid])

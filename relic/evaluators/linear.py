@@ -19,16 +19,24 @@ import optax
 DEFAULT_L2_GRID = tuple(10.0 ** p for p in range(-6, 1))
 
 
-def _loss(params, x, y, l2):
+def _nll(logits, y, multilabel: bool):
+  if not multilabel:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  # One-vs-rest: a sigmoid per class; targets 1 / 0, and -1 (e.g. VOC's "difficult") ignored.
+  known = (y >= 0).astype(logits.dtype)
+  losses = optax.sigmoid_binary_cross_entropy(logits, (y > 0).astype(logits.dtype))
+  return jnp.sum(losses * known) / jnp.maximum(jnp.sum(known), 1.0) * logits.shape[-1]
+
+
+def _loss(params, x, y, l2, multilabel):
   logits = x @ params["w"] + params["b"]
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return nll + 0.5 * l2 * jnp.sum(params["w"] ** 2)
+  return _nll(logits, y, multilabel) + 0.5 * l2 * jnp.sum(params["w"] ** 2)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
-def _fit(x, y, l2, *, num_classes: int, max_iter: int):
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "multilabel"))
+def _fit(x, y, l2, *, num_classes: int, max_iter: int, multilabel: bool):
   params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
-  fun = functools.partial(_loss, x=x, y=y, l2=l2)
+  fun = functools.partial(_loss, x=x, y=y, l2=l2, multilabel=multilabel)
   opt = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(fun)
 
@@ -55,19 +63,38 @@ class Standardizer:
 
 def fit(train_x: np.ndarray, train_y: np.ndarray, *, num_classes: int, l2: float,
         max_iter: int = 300) -> dict:
-  """Fits the classifier on standardised features; returns params incl. the standardiser."""
+  """Fits the classifier on standardised features; returns params incl. the standardiser.
+
+  ``train_y`` of shape (N,) holds class indices (softmax classifier); of shape (N, C), per-class
+  targets 1 / 0 / -1 = ignored (one sigmoid per class, the multi-label protocol). The loss per
+  example is summed over classes in both cases, so an ``l2`` means the same for both.
+  """
   standardize = Standardizer(train_x)
+  multilabel = np.ndim(train_y) == 2
   params = _fit(standardize(train_x), jnp.asarray(train_y, jnp.int32), jnp.float32(l2),
-                num_classes=num_classes, max_iter=max_iter)
+                num_classes=num_classes, max_iter=max_iter, multilabel=multilabel)
   return {"params": params, "standardize": standardize}
+
+
+def logits(model: dict, x: np.ndarray) -> np.ndarray:
+  """Class scores of a fitted classifier."""
+  return np.asarray(model["standardize"](x) @ model["params"]["w"] + model["params"]["b"])
+
+
+def holdout_split(num: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(val_idx, fit_idx)``: a random ``val_fraction`` of ``range(num)`` (at least one) and the
+  rest."""
+  order = np.random.default_rng(seed).permutation(num)
+  num_val = max(1, int(num * val_fraction))
+  return order[:num_val], order[num_val:]
 
 
 def accuracy(model: dict, x: np.ndarray, y: np.ndarray, top: int = 1) -> float:
   """Top-k accuracy (%) of a fitted classifier."""
   if len(x) == 0:
     return float("nan")
-  logits = model["standardize"](x) @ model["params"]["w"] + model["params"]["b"]
-  topk = np.asarray(jax.lax.top_k(logits, min(top, logits.shape[-1]))[1])
+  scores = logits(model, x)
+  topk = np.asarray(jax.lax.top_k(scores, min(top, scores.shape[-1]))[1])
   return float(100.0 * np.mean(np.any(topk == np.asarray(y)[:, None], axis=1)))
 
 
@@ -81,9 +108,7 @@ def select_and_evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
   Returns:
     dict with 'top1', 'top5' (test, %), 'l2' (chosen), 'val_top1' per l2.
   """
-  order = np.random.default_rng(seed).permutation(len(train_x))
-  num_val = max(1, int(len(train_x) * val_fraction))
-  val_idx, fit_idx = order[:num_val], order[num_val:]
+  val_idx, fit_idx = holdout_split(len(train_x), val_fraction, seed)
   val_scores = {}
   for l2 in l2_grid:
     model = fit(train_x[fit_idx], train_y[fit_idx], num_classes=num_classes, l2=l2,

@@ -75,6 +75,7 @@ def validate(config) -> None:
   eval_pretrained.check_pretrained(config)
   check_settings(config)
   pipeline.check_data_config(data_config(config))
+  pipeline.check_single_label(data_config(config), "the finetune job")
 
 
 def check_settings(config) -> None:

@@ -70,6 +70,7 @@ def validate(config) -> None:
           "set linear_probe.train_augment=False, or precompute_features=False")
   require(lp.image_size > 0, "image_size", f"must be > 0, got {lp.image_size}", "use e.g. 224")
   pipeline.check_data_config(eval_examples.eval_data_config(config))
+  pipeline.check_single_label(config, "the linear_probe job")
 
 
 def fit_and_holdout_splits(config) -> tuple[str, str | None]:

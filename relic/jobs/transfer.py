@@ -6,6 +6,8 @@ Protocols (method.md section 5, as in the BYOL / SimCLR transfer tables):
     ``transfer.val_fraction`` of the train split, the classifier refit on the whole train split
     and scored on the test split (relic/evaluators/linear.py). Top-1 and mean per-class
     accuracy are both reported; the literature uses the latter for Pets, Caltech-101, Flowers.
+    A multi-label dataset (VOC2007) gets one-vs-rest logistic regression scored by 11-point
+    mAP instead (relic/evaluators/multilabel.py).
   * ``'finetune'``: the whole network + a new head, trained with ``config.finetune`` (the same
     code as the finetune job; ``finetune.lr_grid`` enables its hold-out rate selection).
 
@@ -28,7 +30,7 @@ from etils import epath
 from relic import parallel
 from relic.config import ConfigError
 from relic.data import pipeline
-from relic.evaluators import features as features_lib, linear
+from relic.evaluators import features as features_lib, linear, multilabel
 from relic.evaluators.progress import Progress
 from relic.jobs import eval_examples, eval_pretrained, eval_results, finetune
 from relic.jobs.eval_transfer_datasets import TransferDataset, dataset_config, expand, resolve
@@ -65,10 +67,17 @@ def validate(config) -> None:
     finetune.check_settings(config)
   problems = []
   for dataset in datasets(config):
+    cfg = eval_examples.eval_data_config(dataset_config(config, dataset))
     try:
-      pipeline.check_data_config(eval_examples.eval_data_config(dataset_config(config, dataset)))
+      pipeline.check_data_config(cfg)
     except ConfigError as e:
       problems.append(f"  {dataset.name}: {e}")
+      continue
+    if "finetune" in protocols(config):
+      try:
+        pipeline.check_single_label(cfg, "the fine-tune protocol")
+      except ConfigError as e:
+        problems.append(f"  {dataset.name}: {e}")
   if problems:
     raise ConfigError("some transfer datasets cannot be read:\n" + "\n".join(problems) +
                       "\nFix: prepare them (the messages say how) or leave them out of "
@@ -109,18 +118,32 @@ def linear_transfer(config, encoder, variables, mesh, name: str) -> dict[str, An
   test_x, test_y = _features(config, encoder, variables, mesh, config.data.eval_split, 0,
                              f"{name} test features")
   l2_grid = tuple(t.l2_grid) or linear.DEFAULT_L2_GRID
+  sizes = {"num_train": int(len(train_x)), "num_test": int(len(test_x)),
+           "num_classes": num_classes}
+  if train_y.ndim == 2:  # multi-label targets (N, num_classes)
+    result = multilabel.select_and_evaluate(train_x, train_y, test_x, test_y, l2_grid=l2_grid,
+                                            val_fraction=t.val_fraction, seed=config.seed,
+                                            max_iter=t.max_iter)
+    return {**result, **sizes}
   result = linear.select_and_evaluate(train_x, train_y, test_x, test_y, num_classes=num_classes,
                                       l2_grid=l2_grid, val_fraction=t.val_fraction,
                                       seed=config.seed, max_iter=t.max_iter)
   # The same refit as inside select_and_evaluate, to read per-class predictions from it.
   model = linear.fit(train_x, train_y, num_classes=num_classes, l2=result["l2"],
                      max_iter=t.max_iter)
-  logits = model["standardize"](test_x) @ model["params"]["w"] + model["params"]["b"]
-  predictions = np.asarray(jax.device_get(logits)).argmax(-1)
+  predictions = linear.logits(model, test_x).argmax(-1)
   return {"top1": result["top1"], "top5": result["top5"],
           "mean_per_class": mean_per_class_accuracy(predictions, test_y), "l2": result["l2"],
-          "val_top1": result["val_top1"], "num_train": int(len(train_x)),
-          "num_test": int(len(test_x)), "num_classes": num_classes}
+          "val_top1": result["val_top1"], **sizes}
+
+
+# Where each literature metric sits in a linear result.
+_METRIC_KEYS = {"top1": "top1", "mean_per_class": "mean_per_class", "map11": "map"}
+
+
+def linear_score(entry: dict[str, Any]) -> float:
+  """The literature's number (TransferDataset.metric) of a dataset's linear result, in %."""
+  return float(entry["linear"][_METRIC_KEYS[entry["metric"]]])
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -146,8 +169,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     if "linear" in chosen:
       entry["linear"] = previous.get("linear") or linear_transfer(cfg, encoder, variables, mesh,
                                                                   dataset.name)
-      logging.info("Transfer %s linear: top-1 %.2f%%, mean per-class %.2f%%.", dataset.name,
-                   entry["linear"]["top1"], entry["linear"]["mean_per_class"])
+      logging.info("Transfer %s linear: %s %.2f%%.", dataset.name, dataset.metric,
+                   linear_score(entry))
     if "finetune" in chosen:
       result = finetune.finetune_and_evaluate(cfg, str(directory / "finetune"), encoder,
                                               variables, info, mesh)
@@ -165,11 +188,12 @@ def run(config, workdir: str) -> dict[str, Any]:
 
 
 def results_markdown(summary: dict[str, Any]) -> str:
-  """One row per dataset: the literature's metric, linear top-1 / mean per-class, fine-tune."""
+  """One row per dataset: the literature's metric and its linear value, linear top-1 / mean
+  per-class (single-label datasets), fine-tune."""
   enc = summary["encoder"]
   header = ["dataset", "tfds / source", "metric"]
   if "linear" in summary["protocols"]:
-    header += ["linear top-1 (%)", "linear mean per-class (%)"]
+    header += ["linear, metric (%)", "linear top-1 (%)", "linear mean per-class (%)"]
   if "finetune" in summary["protocols"]:
     header += ["fine-tune top-1 (%)"]
   header.append("note")
@@ -177,7 +201,9 @@ def results_markdown(summary: dict[str, Any]) -> str:
   for name, entry in summary["datasets"].items():
     row = [name, entry["dataset"], entry["metric"]]
     if "linear" in summary["protocols"]:
-      row += [entry["linear"]["top1"], entry["linear"]["mean_per_class"]]
+      linear_entry = entry["linear"]
+      row += [linear_score(entry), float(linear_entry.get("top1", "nan")),
+              float(linear_entry.get("mean_per_class", "nan"))]
     if "finetune" in summary["protocols"]:
       row += [entry["finetune"]["top1"]]
     rows.append(row + [entry.get("note", "")])
