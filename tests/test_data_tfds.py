@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from relic import config as config_lib
 from relic.config import ConfigError
 from relic.data import pipeline, tfds_source
+from relic.jobs import pretrain
 from tests import voc2007_data
 
 NUM = 13
@@ -118,7 +119,9 @@ def test_voc2007_is_multilabel_with_difficult_classes_ignored(tmp_path):
   rows = lambda a: sorted(map(tuple, a.tolist()))           # tfds stores examples shuffled
   assert rows(got) == rows(want)
   assert (np.concatenate([b["label"] for b in batches]) == -1).all()  # no single class
-  # Single-label jobs refuse it before any compute, naming the protocol that scores it.
-  for what in ("the linear_probe job", "the finetune job"):
-    with pytest.raises(ConfigError, match="multi-label.*11-point mAP"):
-      pipeline.check_single_label(config, what)
+  # Pretraining reads its images but refuses what needs one class per image, before compute.
+  with pytest.raises(ConfigError, match="multi-label.*pretraining with probe, knn needs"):
+    pretrain.validate(config)
+  for section in ("probe", "knn", "final_eval"):
+    config[section].enabled = False
+  pretrain.validate(config)

@@ -64,14 +64,17 @@ def is_multilabel(config: ml_collections.ConfigDict) -> bool:
   return not config.data.fake and sources.get_source(config).multilabel()
 
 
-def check_single_label(config: ml_collections.ConfigDict, what: str) -> None:
+_SCORE_MULTILABEL = ("score it with the transfer job's linear protocol (11-point mAP): "
+                     "--config.job=transfer --config.transfer.protocols=linear")
+
+
+def check_single_label(config: ml_collections.ConfigDict, what: str,
+                       fix: str = _SCORE_MULTILABEL) -> None:
   """Raises ConfigError when the dataset is multi-label and ``what`` needs one class per image."""
   if is_multilabel(config):
     raise ConfigError(
         f"config.data.dataset={config.data.dataset!r} is multi-label (a set of classes per "
-        f"image); {what} trains a single-label classifier. Fix: score it with the transfer "
-        "job's linear protocol (11-point mAP): --config.job=transfer "
-        "--config.transfer.protocols=linear")
+        f"image); {what} needs one class per image. Fix: {fix}")
 
 
 def split_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -47,6 +47,17 @@ def validate(config) -> None:
       raise ConfigError(f"config.train.{field} must be positive, got {config.train[field]}. "
                         "Fix: use a positive number of steps (0 disables periodic evaluation).")
   pipeline.check_data_config(config)
+  label_users = [name for name, on in (("probe", config.probe.enabled),
+                                       ("knn", config.knn.enabled),
+                                       ("final_eval", config.final_eval.enabled),
+                                       ("loss.objective='supervised'",
+                                        config.loss.objective == "supervised")) if on]
+  if label_users:
+    pipeline.check_single_label(
+        config, f"pretraining with {', '.join(label_users)}",
+        fix="pretrain on the images alone (--config.probe.enabled=False "
+            "--config.knn.enabled=False --config.final_eval.enabled=False, loss.objective "
+            "'relicv2'), then score the encoder with the transfer job's linear protocol")
   if config.loss.objective not in ("relicv2", "supervised"):
     raise ConfigError(f"config.loss.objective: unknown objective {config.loss.objective!r}. "
                       "Fix: choose 'relicv2' or 'supervised'.")
