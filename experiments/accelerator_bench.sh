@@ -13,7 +13,7 @@
 set -euo pipefail
 out=${1:?usage: bash experiments/accelerator_bench.sh OUT_DIR [SECONDS_PER_SETTING]}
 per_setting=${2:-240}
-mkdir -p "$out"
+out=$(mkdir -p "$out" && cd "$out" && pwd)   # absolute: the script runs from the repository root
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true

@@ -644,6 +644,7 @@ def run_subprocesses(argvs: list[list[str]], timeout: int, out: str = "",
   records = []
   for argv in argvs:
     cmd = [sys.executable, "-m", "experiments.bench_step", *argv]
+    name = argv[argv.index("--name") + 1] if "--name" in argv else ""
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
                             cwd=REPO_ROOT)
@@ -651,9 +652,9 @@ def run_subprocesses(argvs: list[list[str]], timeout: int, out: str = "",
       if proc.returncode == 0 and lines:
         record = json.loads(lines[-1])
       else:
-        record = dict(argv=argv, error=proc.stderr.strip().splitlines()[-5:])
+        record = dict(name=name, argv=argv, error=proc.stderr.strip().splitlines()[-5:])
     except subprocess.TimeoutExpired:
-      record = dict(argv=argv, error=f"timed out after {timeout}s")
+      record = dict(name=name, argv=argv, error=f"timed out after {timeout}s")
     print(json.dumps(record), flush=True)
     records.append(record)
     write(records, out, append)

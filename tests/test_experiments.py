@@ -105,4 +105,5 @@ def test_bench_sweep_selects_settings_and_keeps_each_finished_one(tmp_path, monk
   monkeypatch.setattr(bench_step.subprocess, "run", fake_run)
   records = bench_step.run_subprocesses(argvs, timeout=1, out=str(out))
   assert records[1]["error"] == "timed out after 1s"
-  assert [r.get("name") for r in json.loads(out.read_text())] == ["first", None]
+  assert [r["name"] for r in json.loads(out.read_text())] == [
+      "first", "sweep_r50_b64_bfloat16_remat_off"]
