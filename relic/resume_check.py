@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import ml_collections
 from absl import logging
+from flax import traverse_util
 
 from relic.checkpoint import config_to_json
 from relic.config import ConfigError
@@ -49,17 +50,6 @@ NOT_CRITICAL = ("model.remat", "*.log_every_steps", "*.checkpoint_every_steps",
 # policy, kNN settings, the sections of other jobs.
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, name + "."))
-    else:
-      flat[name] = value
-  return flat
-
-
 def _is_critical(field: str, job: str) -> bool:
   if any(fnmatch.fnmatchcase(field, pattern) for pattern in NOT_CRITICAL):
     return False
@@ -77,8 +67,8 @@ def check_resume_compatible(saved_config: Mapping[str, Any] | ml_collections.Con
   Raises:
     ConfigError: naming every differing field with its saved and its new value.
   """
-  saved = _flatten(config_to_json(saved_config))
-  new = _flatten(config_to_json(config))
+  saved = traverse_util.flatten_dict(config_to_json(saved_config), sep=".")
+  new = traverse_util.flatten_dict(config_to_json(config), sep=".")
   differences = []
   for field in sorted(set(saved) | set(new)):
     if not _is_critical(field, str(new.get("job", ""))):
