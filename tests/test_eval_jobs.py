@@ -14,7 +14,8 @@ from etils import epath
 
 from relic import checkpoint, config as config_lib, encoder_checkpoint, workdir as workdir_lib
 from relic.config import ConfigError
-from relic.evaluators import linear_heads
+from relic import parallel
+from relic.evaluators import frozen, linear, linear_heads
 from relic.jobs import eval_pretrained, linear_probe
 from relic.jobs.eval_results import read_results
 from relic.main import run as run_job
@@ -223,6 +224,29 @@ def test_transfer_voc2007_linear_map_and_single_label_jobs_refused(pretrained, t
   with pytest.raises(ConfigError, match="multi-label"):
     run(probe_config, str(tmp_path / "refused"))
   assert not (tmp_path / "refused").exists()
+
+
+def test_final_evaluation_fits_one_classifier_for_every_split(pretrained):
+  """The end-of-pretraining summary: the L2 strength is chosen once on train, and the classifier
+  refit on all of train with it scores each split."""
+  config = eval_config("pretrain", pretrained)
+  config.model.update(TINY_MODEL)
+  config.data.views.large.size = 32
+  config.final_eval.update(dict(num_train_examples=0, extra_splits=("test_ood",)))
+  encoder = encoder_from_config(config.model)
+  _, variables = encoder_checkpoint.restore_encoder(pretrained)
+  mesh = parallel.make_mesh()
+  results = frozen.evaluate_frozen(config, encoder, variables, mesh, 10)
+  splits = (config.data.eval_split, "test_ood")
+  assert set(results) == set(splits)
+  assert results[splits[0]]["linear_l2"] == results["test_ood"]["linear_l2"]
+  train_x, train_y = frozen.split_features(config, encoder, variables, mesh, "train", 0)
+  model = linear.fit(train_x, train_y, num_classes=10, l2=results["test_ood"]["linear_l2"])
+  for split in splits:
+    test_x, test_y = frozen.split_features(config, encoder, variables, mesh, split, 0)
+    assert results[split]["num_test"] == NUM_TEST and results[split]["num_train"] == NUM_TRAIN
+    assert results[split]["linear_top1"] == pytest.approx(linear.accuracy(model, test_x, test_y))
+    assert 0.0 <= results[split]["knn_top1"] <= 100.0
 
 
 def test_missing_pretrained_fails_before_compute(tmp_path):

@@ -51,15 +51,16 @@ def evaluate_frozen(config, encoder, variables: Any, mesh, num_classes: int) -> 
   for the eval split and every extra split in ``config.final_eval.extra_splits``."""
   train_x, train_y = split_features(config, encoder, variables, mesh, config.data.train_split,
                                     config.final_eval.num_train_examples)
+  # One classifier (its L2 strength chosen once on train) scores every split.
+  model, chosen = linear.select_and_fit(train_x, train_y, num_classes=num_classes,
+                                        seed=config.seed)
   results: dict[str, Any] = {}
   for split in [config.data.eval_split, *config.final_eval.extra_splits]:
     test_x, test_y = split_features(config, encoder, variables, mesh, split,
                                     config.final_eval.num_test_examples)
-    probe = linear.select_and_evaluate(train_x, train_y, test_x, test_y,
-                                       num_classes=num_classes, seed=config.seed)
     results[split] = {
-        "linear_top1": probe["top1"],
-        "linear_l2": probe["l2"],
+        "linear_top1": linear.accuracy(model, test_x, test_y),
+        "linear_l2": chosen["l2"],
         "knn_top1": knn.knn_top1(train_x, train_y, test_x, test_y, num_classes=num_classes,
                                  k=config.knn.k, temperature=config.knn.temperature),
         "num_train": int(len(train_x)),

@@ -56,7 +56,7 @@ def select_and_evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
                         test_y: np.ndarray, *, l2_grid: Sequence[float] = linear.DEFAULT_L2_GRID,
                         val_fraction: float = 0.2, seed: int = 0, max_iter: int = 300) -> dict:
   """Chooses the L2 strength by mAP on a held-out slice of train, refits on all of train and
-  reports test mAP (the multi-label twin of :func:`relic.evaluators.linear.select_and_evaluate`).
+  reports test mAP (the multi-label twin of :func:`relic.evaluators.linear.select_and_fit`).
 
   Returns:
     dict with 'map' (test, %), 'per_class_ap', 'l2' (chosen) and 'val_map' per l2.
