@@ -12,8 +12,9 @@ Datasets (relic/jobs/eval_transfer_datasets.py): food101, cifar10, cifar100, cal
 Linear protocol: L2 logistic regression on frozen centre-crop features, the L2 strength chosen
   on 20% of train, refit on all of train, scored on test (top-1 and mean per-class accuracy;
   VOC2007, multi-label: one-vs-rest, 11-point mAP).
-Fine-tune protocol: config.finetune (full train split; finetune.lr_grid for a rate sweep); the
-  ':finetune' variant leaves VOC2007 out (its head would be multi-label, not supported).
+Fine-tune protocol: config.finetune (full train split; finetune.lr_grid for a rate sweep, rates
+  compared by each dataset's metric; VOC2007: one-vs-rest head, 11-point mAP, rates compared on
+  its 'validation' split, the chosen one trained on 'train+validation').
 Outputs: DIR/<dataset>/results.json per dataset and DIR/results.md, the table across datasets.
   A rerun skips the datasets already done for the same encoder.
 Variants: 'runlocal': the built-in dataset as the target, minutes on a CPU:
@@ -31,8 +32,6 @@ def get_config(arg=None):
   config = imagenet_eval_config("transfer")
   if "finetune" in options:
     config.transfer.protocols = ("linear", "finetune")
-    # Fine-tuning trains a single-label head; VOC2007 (multi-label) is scored linearly only.
-    config.transfer.datasets = tuple(d for d in config.transfer.datasets if d != "voc2007")
     config.finetune.update(dict(subset="full", num_epochs=30.0))
   if "runlocal" in options:
     apply_eval_runlocal(config)

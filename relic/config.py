@@ -118,6 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
       base_lr=0.05,             # x batch_size / 256 [recon, SimCLR's fine-tuning rate].
       lr_grid=(),               # base rates to sweep (one full run each); () = base_lr only.
       holdout_examples=0,       # sweep: first N train examples score the rates (0 = 10%).
+      holdout_split="",         # sweep: an official validation split that is part of a combined
+                                # train split ('validation' of 'train+validation'); '' = N above.
       head_lr_multiplier=1.0,   # the new head's rate relative to the encoder's.
       momentum=0.9,             # Nesterov.
       weight_decay=0.0,

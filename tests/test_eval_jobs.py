@@ -15,11 +15,12 @@ from etils import epath
 from relic import checkpoint, config as config_lib, encoder_checkpoint, workdir as workdir_lib
 from relic.config import ConfigError
 from relic import parallel
-from relic.evaluators import frozen, linear, linear_heads
-from relic.jobs import eval_pretrained, linear_probe
+from relic.data import pipeline
+from relic.evaluators import frozen, linear, linear_heads, multilabel
+from relic.jobs import eval_pretrained, eval_transfer_datasets as transfer_datasets, linear_probe
 from relic.jobs.eval_results import read_results
 from relic.main import run as run_job
-from relic.models import encoder_from_config
+from relic.models import LinearHead, encoder_from_config
 from tests import voc2007_data
 
 TINY_MODEL = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True)
@@ -162,25 +163,26 @@ def test_finetune_subset_changes_the_encoder_and_resumes(pretrained, tmp_path):
   with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:
     assert ckpt.latest_step() == 3                       # ceil(2 epochs * 20 / 16)
   _, start = encoder_checkpoint.restore_encoder(pretrained)
-  tuned = _restore_finetuned(tmp_path)
+  tuned = _restore_finetuned(tmp_path, step=3)
   for group in ("params", "batch_stats"):
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(start[group]),
-                                                      jax.tree.leaves(tuned[group]))]
+                                                      jax.tree.leaves(tuned[group]["encoder"]))]
     assert any(changed), group
   # Rerunning the command resumes the finished run: no training, same numbers.
   again = run(config, str(tmp_path))
   assert again["test"] == results["test"]
 
 
-def _restore_finetuned(workdir) -> dict:
+def _restore_finetuned(workdir, step: int) -> dict:
+  """The fine-tuning state saved at ``step`` (encoder and head), as NumPy arrays."""
   import orbax.checkpoint as ocp
-  step_dir = epath.Path(workdir) / "checkpoints" / "3" / "state"
+  step_dir = epath.Path(workdir) / "checkpoints" / str(step) / "state"
   handler = ocp.PyTreeCheckpointHandler()
   metadata = handler.metadata(step_dir).tree
   tree = handler.restore(step_dir, args=ocp.args.PyTreeRestore(restore_args=jax.tree.map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)))
   handler.close()
-  return {"params": tree["params"]["encoder"], "batch_stats": tree["batch_stats"]["encoder"]}
+  return tree
 
 
 def test_transfer_linear_on_tfds_mock_data(pretrained, tmp_path):
@@ -199,31 +201,76 @@ def test_transfer_linear_on_tfds_mock_data(pretrained, tmp_path):
   assert (tmp_path / "cifar10" / "results.json").exists()
 
 
-def test_transfer_voc2007_linear_map_and_single_label_jobs_refused(pretrained, tmp_path):
+def test_transfer_voc2007_linear_and_finetune_map(pretrained, tmp_path):
   voc2007_data.write_devkit(tmp_path / "devkit")
   voc2007_data.prepare(tmp_path / "tfds", tmp_path / "devkit")
   config = eval_config("transfer", pretrained)
   config.data.data_dir = str(tmp_path / "tfds")
-  config.transfer.update(dict(datasets=("voc2007",), protocols=("linear",), batch_size=8,
-                              image_size=32, l2_grid=(1e-3, 1.0), max_iter=20))
-  results = run(config, str(tmp_path / "transfer"))
+  config.transfer.update(dict(datasets=("voc2007",), protocols=("linear", "finetune"),
+                              batch_size=8, image_size=32, l2_grid=(1e-3, 1.0), max_iter=20))
+  config.finetune.update(dict(subset="full", batch_size=8, num_epochs=2.0, image_size=32,
+                              lr_grid=(0.5, 0.05), log_every_steps=1))
+  workdir = tmp_path / "transfer"
+  results = run(config, str(workdir))
   entry = results["datasets"]["voc2007"]
   assert entry["metric"] == "map11" and entry["linear"]["num_train"] == 16
   assert entry["linear"]["num_test"] == 9 and entry["linear"]["num_classes"] == 20
   assert 0.0 < entry["linear"]["map"] <= 100.0 and len(entry["linear"]["per_class_ap"]) == 20
-  table = (tmp_path / "transfer" / "results.md").read_text()
-  assert f"| voc2007 | voc/2007 | map11 | {entry['linear']['map']:.1f} |" in table
 
-  # Protocols that need one class per image stop before any compute.
-  config.transfer.protocols = ("linear", "finetune")
-  with pytest.raises(ConfigError, match="voc2007: .*multi-label"):
-    run(config, str(tmp_path / "refused"))
+  # Fine-tuning: rates trained on 'train' (10 images) and compared by mAP on the official
+  # 'validation' split (6), the chosen one trained on 'train+validation' (16), scored on test.
+  tuned = entry["finetune"]
+  assert [s["base_lr"] for s in tuned["sweep"]] == [0.5, 0.05]
+  assert all(s["holdout_split"] == "validation" and s["num_holdout"] == 6 for s in tuned["sweep"])
+  best = max(tuned["sweep"], key=lambda s: (s["holdout_map"], -s["base_lr"]))
+  assert tuned["base_lr"] == best["base_lr"]
+  for s in tuned["sweep"]:
+    with checkpoint.Checkpointer(workdir / "voc2007" / "finetune" / "sweep" /
+                                 f"lr_{s['base_lr']:g}", keep=2) as ckpt:
+      assert ckpt.latest_step() == 3                     # ceil(2 epochs * 10 / 8)
+  assert tuned["train"]["num_examples"] == 16 and tuned["num_test"] == 9
+  assert tuned["score"] == tuned["map"] and len(tuned["per_class_ap"]) == 20
+
+  # The reported mAP, recomputed from the final checkpoint (step ceil(2 * 16 / 8) = 4) on the
+  # test images, with the devkit's targets ("difficult"-only classes ignored).
+  state = _restore_finetuned(workdir / "voc2007" / "finetune", step=4)
+  encoder = encoder_from_config(TINY_MODEL)
+  cfg = transfer_datasets.dataset_config(config, transfer_datasets.resolve("voc2007"))
+  scores, targets = [], []
+  for batch in pipeline.eval_batches(cfg, split="test", batch_size=8, image_size=32):
+    features = encoder.apply({"params": state["params"]["encoder"],
+                              "batch_stats": state["batch_stats"]["encoder"]},
+                             batch["image"], train=False)
+    logits = LinearHead(20).apply({"params": state["params"]["head"]}, features)
+    scores.append(np.asarray(logits)[batch["valid"]])
+    targets.append(batch["labels"][batch["valid"]])
+  recomputed, _ = multilabel.mean_average_precision(np.concatenate(scores),
+                                                    np.concatenate(targets))
+  assert tuned["map"] == pytest.approx(recomputed, abs=1e-3)
+  table = (workdir / "results.md").read_text()
+  assert (f"| voc2007 | voc/2007 | map11 | {entry['linear']['map']:.1f} | - | - | "
+          f"{tuned['map']:.1f} | - |") in table
+
+  # Rerunning the command reuses both results.
+  assert run(config, str(workdir))["datasets"]["voc2007"] == entry
+
+  # Settings a multi-label dataset cannot follow stop before any compute.
+  refused = tmp_path / "refused"
+  config.finetune.subset = "10pct"
+  with pytest.raises(ConfigError, match="voc2007: .*multi-label.*finetune.subset='full'"):
+    run(config, str(refused))
+  finetune_config = eval_config("finetune", pretrained)
+  finetune_config.data.update(dict(source="tfds", dataset="voc/2007",
+                                   data_dir=str(tmp_path / "tfds"),
+                                   train_split="train+validation", eval_split="test"))
+  finetune_config.finetune.update(dict(subset="full", lr_grid=(0.5, 0.05), holdout_split="test"))
+  with pytest.raises(ConfigError, match="hold-out split 'test' is not a part of the training"):
+    run(finetune_config, str(refused))
   probe_config = eval_config("linear_probe", pretrained)
-  probe_config.data.update(dict(source="tfds", dataset="voc/2007", data_dir=str(tmp_path / "tfds"),
-                                train_split="train+validation", eval_split="test"))
+  probe_config.data.update(finetune_config.data)
   with pytest.raises(ConfigError, match="multi-label"):
-    run(probe_config, str(tmp_path / "refused"))
-  assert not (tmp_path / "refused").exists()
+    run(probe_config, str(refused))
+  assert not refused.exists()
 
 
 def test_final_evaluation_fits_one_classifier_for_every_split(pretrained):

@@ -49,7 +49,8 @@ def test_counts_are_exact_over_padded_batches_on_8_devices():
   rng = np.random.default_rng(0)
   n, batch = 45, 16                       # 45 is not a multiple of the global batch
   x = rng.normal(size=(n, 6)).astype(np.float32)
-  y = rng.integers(0, 6, n).astype(np.int32)
+  # Imbalanced, class 5 absent: the mean per class differs from top-1 and skips class 5.
+  y = rng.choice(6, n, p=[0.4, 0.2, 0.2, 0.1, 0.1, 0.0]).astype(np.int32)
   batches = []
   for i in range(0, 48, batch):
     xb, yb = np.zeros((batch, 6), np.float32), np.full(batch, -1, np.int32)
@@ -60,6 +61,14 @@ def test_counts_are_exact_over_padded_batches_on_8_devices():
   assert int(counts["count"]) == n
   assert int(counts["top1"]) == int(np.sum(x.argmax(-1) == y))
   assert accuracy.accuracies(counts)["num_examples"] == n
+  # Mean per-class accuracy, with a leading axis of two heads (the second: negated logits).
+  two_heads = accuracy.count_split(lambda p, images: jnp.stack([images, -images]), {}, batches,
+                                   mesh)
+  result = accuracy.accuracies(two_heads)
+  for head, predictions in enumerate((x.argmax(-1), (-x).argmax(-1))):
+    expected = 100.0 * np.mean([np.mean(predictions[y == c] == c) for c in np.unique(y)])
+    assert result["mean_per_class"][head] == pytest.approx(expected)
+    assert result["top1"][head] == pytest.approx(100.0 * np.mean(predictions == y))
 
 
 @pytest.mark.parametrize("num_classes,total", [(10, 100), (10, 105), (7, 30)])
@@ -234,13 +243,19 @@ def test_multilabel_linear_evaluation_learns_and_ignores_difficult():
   expected = bce[known].sum() / known.sum() * 3
   assert float(linear._nll(jnp.asarray(logits), jnp.asarray(targets), True)) == pytest.approx(
       expected, rel=1e-5)
+  # Fine-tuning's form: padded examples (weight 0) drop out of the sum and of the count.
+  weights = np.array([1, 1, 0, 1, 0, 1], np.float32)
+  known_w = known & (weights[:, None] > 0)
+  expected_w = bce[known_w].sum() / known_w.sum() * 3
+  assert float(linear.multilabel_nll(jnp.asarray(logits), jnp.asarray(targets),
+                                     jnp.asarray(weights))) == pytest.approx(expected_w, rel=1e-5)
 
 
-def test_transfer_config_scores_voc2007_linearly_only():
+def test_transfer_config_scores_voc2007_with_both_protocols():
   spec = importlib.util.spec_from_file_location("transfer_config", "configs/transfer.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert "voc2007" in module.get_config().transfer.datasets
   finetune = module.get_config("finetune").transfer
-  assert "finetune" in finetune.protocols and "voc2007" not in finetune.datasets
-  assert len(finetune.datasets) == 10
+  assert "finetune" in finetune.protocols and "voc2007" in finetune.datasets
+  assert len(finetune.datasets) == 11

@@ -64,8 +64,8 @@ def is_multilabel(config: ml_collections.ConfigDict) -> bool:
   return not config.data.fake and sources.get_source(config).multilabel()
 
 
-_SCORE_MULTILABEL = ("score it with the transfer job's linear protocol (11-point mAP): "
-                     "--config.job=transfer --config.transfer.protocols=linear")
+_SCORE_MULTILABEL = ("score it by 11-point mAP with the transfer job (--config.job=transfer, "
+                     "linear and fine-tune protocols) or the finetune job (--config.job=finetune)")
 
 
 def check_single_label(config: ml_collections.ConfigDict, what: str,

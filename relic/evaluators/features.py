@@ -1,8 +1,9 @@
-"""Frozen-encoder features of a whole split, each example exactly once, on any device count."""
+"""Outputs of a model (frozen-encoder features, a fine-tuned network's logits) for a whole split,
+each example exactly once, on any device count."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
@@ -17,34 +18,44 @@ def make_feature_fn(encoder, mesh):
                  out_shardings=parallel.data_sharding(mesh))
 
 
-def extract_features(encoder, variables: Any, batches: Iterable[dict], mesh,
-                     max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """Features and labels of every valid example of ``batches`` (per-process eval batches with
-  'image', 'label', 'valid'; padded examples are dropped). Identical on every process. The
-  labels are the batches' 'labels' (N, num_classes) when they have them (a multi-label
-  dataset), else 'label' (N,).
+def collect_outputs(fn: Callable[[Any, jax.Array], jax.Array], variables: Any,
+                    batches: Iterable[dict], mesh, max_examples: int = 0,
+                    progress=None) -> tuple[np.ndarray, np.ndarray]:
+  """``fn(variables, images)`` and the labels of every valid example of ``batches`` (per-process
+  eval batches with 'image', 'label', 'valid'; padded examples are dropped). Identical on every
+  process. The labels are the batches' 'labels' (N, num_classes) when they have them (a
+  multi-label dataset), else 'label' (N,).
 
   Args:
+    fn: jitted function of (variables already on the mesh, global image batch) -> (B, ...).
     max_examples: stop once this many valid examples are collected (0 = the whole split).
+    progress: updated with the number of valid examples of each batch.
   """
-  feature_fn = make_feature_fn(encoder, mesh)
-  variables = parallel.replicate(variables, mesh)
-  features, labels = [], []
+  outputs, labels = [], []
   count = 0
   for batch in batches:
-    images = parallel.to_global(batch["image"], mesh)
-    out = feature_fn(variables, images)
+    out = fn(variables, parallel.to_global(batch["image"], mesh))
     gathered = multihost_utils.process_allgather(
-        {"f": out, "l": parallel.to_global(batch.get("labels", batch["label"]), mesh),
+        {"o": out, "l": parallel.to_global(batch.get("labels", batch["label"]), mesh),
          "v": parallel.to_global(batch["valid"], mesh)}, tiled=True)
     valid = np.asarray(gathered["v"], bool)
-    features.append(np.asarray(gathered["f"])[valid])
+    outputs.append(np.asarray(gathered["o"])[valid])
     labels.append(np.asarray(gathered["l"])[valid])
     count += int(valid.sum())
+    if progress is not None:
+      progress.update(int(np.asarray(batch["valid"]).sum()) * jax.process_count())
     if max_examples and count >= max_examples:
       break
-  features_np = np.concatenate(features) if features else np.zeros((0, encoder.num_features))
-  labels_np = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
+  if not outputs:
+    raise ValueError("The split produced no batches; check the split name and its size.")
+  outputs_np, labels_np = np.concatenate(outputs), np.concatenate(labels)
   if max_examples:
-    features_np, labels_np = features_np[:max_examples], labels_np[:max_examples]
-  return features_np.astype(np.float32), labels_np.astype(np.int32)
+    outputs_np, labels_np = outputs_np[:max_examples], labels_np[:max_examples]
+  return outputs_np.astype(np.float32), labels_np.astype(np.int32)
+
+
+def extract_features(encoder, variables: Any, batches: Iterable[dict], mesh,
+                     max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Frozen-encoder features (BN in inference mode) and labels, see :func:`collect_outputs`."""
+  return collect_outputs(make_feature_fn(encoder, mesh), parallel.replicate(variables, mesh),
+                         batches, mesh, max_examples)

@@ -19,13 +19,26 @@ import optax
 DEFAULT_L2_GRID = tuple(10.0 ** p for p in range(-6, 1))
 
 
+def multilabel_nll(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None):
+  """One-vs-rest loss: a sigmoid cross-entropy per class, summed over classes and averaged over
+  examples (the scale of a softmax cross-entropy), over the known targets only.
+
+  Args:
+    logits: (N, C).
+    targets: (N, C) 1 = present, 0 = absent, -1 = ignored (e.g. VOC's "difficult").
+    weights: optional (N,) example weights (0 = padding).
+  """
+  known = (targets >= 0).astype(logits.dtype)
+  if weights is not None:
+    known = known * weights[:, None].astype(logits.dtype)
+  losses = optax.sigmoid_binary_cross_entropy(logits, (targets > 0).astype(logits.dtype))
+  return jnp.sum(losses * known) / jnp.maximum(jnp.sum(known), 1.0) * logits.shape[-1]
+
+
 def _nll(logits, y, multilabel: bool):
   if not multilabel:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  # One-vs-rest: a sigmoid per class; targets 1 / 0, and -1 (e.g. VOC's "difficult") ignored.
-  known = (y >= 0).astype(logits.dtype)
-  losses = optax.sigmoid_binary_cross_entropy(logits, (y > 0).astype(logits.dtype))
-  return jnp.sum(losses * known) / jnp.maximum(jnp.sum(known), 1.0) * logits.shape[-1]
+  return multilabel_nll(logits, y)
 
 
 def _loss(params, x, y, l2, multilabel):

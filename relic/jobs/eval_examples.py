@@ -54,6 +54,21 @@ def slice_prefix(config, split: str, n: int) -> tuple[str, str]:
   return f"{name}[{first + n}:{last}]", f"{name}[{first}:{first + n}]"
 
 
+def named_part_problem(split: str, part: str, subset: bool = False) -> str | None:
+  """Why ``part`` cannot be held out of the training split ``split`` (None when it can)."""
+  if subset:
+    return (f"a hold-out split {part!r} needs the whole training split, not a subset of it. "
+            f"Fix: use finetune.subset='full' and label_fraction=0, or no hold-out split.")
+  parts = split.replace(" ", "").split("+")
+  if part in parts and len(parts) >= 2:
+    return None
+  return (f"the hold-out split {part!r} is not a part of the training split {split!r}: it must "
+          f"be one of the splits joined by '+' (e.g. train split 'train+validation' with hold-out "
+          f"'validation': rates are compared training on 'train', scoring 'validation', then "
+          f"the chosen rate trains on both). Fix: set the training split so, or leave the "
+          f"hold-out split empty (a slice of the training split is held out).")
+
+
 def _reader(config, split: str) -> sources.Reader:
   return sources.get_source(config).reader(split, process_index=0, process_count=1,
                                            with_masks=False)
@@ -122,6 +137,15 @@ class Examples:
     rest = np.delete(self.indices, held)
     return Examples(self.config, self.split, rest), Examples(self.config, self.split,
                                                              self.indices[held])
+
+  def split_named_part(self, part: str) -> tuple["Examples", "Examples"]:
+    """``(rest, part)`` of a combined split: ``'train+validation'`` and ``'validation'`` give
+    ``('train', 'validation')`` (a dataset's official validation split as the hold-out)."""
+    parts = self.split.replace(" ", "").split("+")
+    if self.indices is not None or part not in parts or len(parts) < 2:
+      raise ConfigError(named_part_problem(self.split, part, self.indices is not None))
+    rest = "+".join(p for p in parts if p != part)
+    return Examples(self.config, rest), Examples(self.config, part)
 
   def batches(self, *, batch_size: int, image_size: int, train_augment: bool, seed: int,
               repeat: bool, start_step: int = 0) -> Iterator[dict]:

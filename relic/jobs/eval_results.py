@@ -11,6 +11,12 @@ from etils import epath
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 
+# The number the literature reports for a dataset (TransferDataset.metric), and where it sits in
+# an evaluation's result: top-1, mean per-class accuracy, or VOC2007's 11-point mAP.
+METRIC_KEYS = {"top1": "top1", "mean_per_class": "mean_per_class", "map11": "map"}
+METRIC_NAMES = {"top1": "top-1", "mean_per_class": "mean per-class accuracy",
+                "map11": "11-point mAP"}
+
 
 def write_results(workdir: str, results: dict[str, Any], markdown: str) -> None:
   """Writes both files (and prints the table), so a finished run can be read without tools."""

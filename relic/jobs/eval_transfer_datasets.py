@@ -13,8 +13,8 @@ image_classification``, ``datasets/``):
   SUN397        sun397/tfds            train / test        tfds's standard partition
   Stanford Cars cars196                train / test
   FGVC Aircraft (none)                 -                   not in tfds: use 'folder:PATH'
-  VOC2007       voc/2007               train+validation /  multi-label: 11-point mAP, linear
-                                       test                protocol only
+  VOC2007       voc/2007               train+validation /  multi-label: 11-point mAP; rates
+                                       test                chosen on 'validation'
   DTD           dtd                    train / test        split 1
   Oxford Pets   oxford_iiit_pet        train / test        mean per-class accuracy
   Caltech-101   caltech101             train / test        tfds's fixed 30-per-class train
@@ -24,7 +24,9 @@ image_classification``, ``datasets/``):
 Scoring follows the literature (SimCLR / BYOL transfer tables): mean per-class accuracy for
 Pets, Caltech-101, Flowers-102 (and Aircraft), top-1 for the others; both are always reported.
 VOC2007 is multi-label (the classes present in an image): 11-point mAP of one-vs-rest logistic
-regression (relic/evaluators/multilabel.py), "difficult"-only classes ignored as in the devkit.
+regression (relic/evaluators/multilabel.py), "difficult"-only classes ignored as in the devkit;
+fine-tuned with a one-vs-rest head, its rate sweep trains on 'train' and scores the official
+'validation' split (``holdout_split``), then the chosen rate trains on 'train+validation'.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class TransferDataset:
   test_split: str
   metric: str = "top1"   # the number the literature reports: 'top1', 'mean_per_class', 'map11'
   note: str = ""
+  holdout_split: str = ""  # fine-tune rate sweep: this part of train_split scores the rates
 
 
 TRANSFER_DATASETS: dict[str, TransferDataset] = {d.name: d for d in (
@@ -61,7 +64,7 @@ TRANSFER_DATASETS: dict[str, TransferDataset] = {d.name: d for d in (
     TransferDataset("oxford_flowers102", "tfds", "oxford_flowers102", "train", "test",
                     metric="mean_per_class"),
     TransferDataset("voc2007", "tfds", "voc/2007", "train+validation", "test", metric="map11",
-                    note="multi-label (trainval / test)"),
+                    note="multi-label (trainval / test)", holdout_split="validation"),
     # No download: the built-in shapes dataset, for runlocal checks of the whole job.
     TransferDataset("builtin", "builtin", "builtin", "train", "test"),
 )}
@@ -108,4 +111,6 @@ def dataset_config(config, dataset: TransferDataset):
   out.data.train_split = dataset.train_split
   out.data.eval_split = dataset.test_split
   out.data.mask_prob = 0.0  # evaluation reads no saliency masks
+  if dataset.holdout_split:
+    out.finetune.holdout_split = dataset.holdout_split
   return out

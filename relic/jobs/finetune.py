@@ -14,11 +14,20 @@ devices) and its running averages updated for evaluation; SGD with Nesterov mome
 ``base_lr * batch / 256`` with optional linear warm-up, cosine to 0; weight decay (if any) on
 kernels only. [recon] defaults follow SimCLR's fine-tuning (no weight decay, base rate 0.05).
 
+Multi-label datasets (VOC2007: a set of classes per image, tfds ``voc/2007``): the head is
+one-vs-rest (a sigmoid cross-entropy per class, "difficult"-only classes ignored, see
+relic/evaluators/linear.py:multilabel_nll) and the score is the devkit's 11-point mAP
+(relic/evaluators/multilabel.py); they train on the whole split (no label-fraction subsets).
+
 Rate sweep (``finetune.lr_grid``): every rate is a full run on the training examples minus a
-hold-out (``finetune.holdout_examples``, default 10%: a prefix slice of a split, or a
-class-balanced part of a subset), scored on the hold-out; the best rate is then trained on all
-training examples, since labels are scarce in the semi-supervised setting. Every run
-checkpoints in its own directory and resumes there; finished sweep runs are not repeated.
+hold-out, scored on the hold-out; the best rate is then trained on all training examples, since
+labels are scarce in the semi-supervised setting. The hold-out is ``finetune.holdout_split``
+when set (an official validation split that is part of a combined training split, e.g.
+VOC2007's 'validation' of 'train+validation'), else ``finetune.holdout_examples`` (default 10%:
+a prefix slice of a split, or a class-balanced part of a subset). Rates are compared by the
+dataset's metric (top-1 unless the transfer job names another: mean per-class accuracy, mAP).
+Every run checkpoints in its own directory and resumes there; finished sweep runs are not
+repeated.
 """
 
 from __future__ import annotations
@@ -39,11 +48,11 @@ from etils import epath
 from relic import checkpoint, optim, parallel, schedules
 from relic.config import ConfigError
 from relic.data import pipeline
-from relic.evaluators import accuracy
+from relic.evaluators import accuracy, features as features_lib, linear, multilabel
 from relic.evaluators.progress import Progress
 from relic.jobs import eval_pretrained, eval_results
 from relic.jobs.eval_examples import (Examples, dataset_name, eval_data_config,
-                                      label_fraction_subset, split_labels)
+                                      label_fraction_subset, named_part_problem, split_labels)
 from relic.metrics import MetricsLogger
 from relic.models import LinearHead
 
@@ -75,7 +84,22 @@ def validate(config) -> None:
   eval_pretrained.check_pretrained(config)
   check_settings(config)
   pipeline.check_data_config(data_config(config))
-  pipeline.check_single_label(data_config(config), "the finetune job")
+  check_data(config)
+
+
+def check_data(config) -> None:
+  """What the dataset must offer for ``config.finetune`` (after pipeline.check_data_config)."""
+  ft = config.finetune
+  subset = uses_tfds_subset(config) or label_fraction(config) not in (0.0, 1.0)
+  if subset and pipeline.is_multilabel(config):
+    raise ConfigError(
+        f"config.data.dataset={config.data.dataset!r} is multi-label (a set of classes per "
+        f"image): fine-tuning it trains on the whole split. Fix: finetune.subset='full' and "
+        f"finetune.label_fraction=0.")
+  if ft.holdout_split and len(ft.lr_grid) > 1:
+    problem = named_part_problem(config.data.train_split, ft.holdout_split, subset)
+    if problem:
+      raise ConfigError(f"config.finetune.holdout_split: {problem}")
 
 
 def check_settings(config) -> None:
@@ -162,8 +186,12 @@ def make_optimizer(config, total_steps: int, base_lr: float, num_train: int):
   return optax.chain(*parts), schedule
 
 
-def make_train_step(encoder, num_classes: int, optimizer, schedule):
-  """``(state, batch) -> (state, metrics)`` on global arrays (BN statistics are global)."""
+def make_train_step(encoder, num_classes: int, optimizer, schedule, multilabel: bool = False):
+  """``(state, batch) -> (state, metrics)`` on global arrays (BN statistics are global).
+
+  ``multilabel``: targets are the batch's 'labels' (B, C) of 1 / 0 / -1 (ignored), trained
+  one-vs-rest; else 'label' (B,) with a softmax cross-entropy.
+  """
   head = LinearHead(num_classes)
 
   def step(state: FinetuneState, batch: dict):
@@ -174,16 +202,20 @@ def make_train_step(encoder, num_classes: int, optimizer, schedule):
           {"params": params["encoder"], "batch_stats": state.batch_stats["encoder"]},
           batch["image"], train=True, mutable=["batch_stats"])
       logits = head.apply({"params": params["head"]}, features)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-      loss = (ce * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+      if multilabel:
+        loss = linear.multilabel_nll(logits, batch["labels"], valid)
+      else:
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        loss = (ce * valid).sum() / jnp.maximum(valid.sum(), 1.0)
       return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    metrics = {"loss": loss, "accuracy": 100.0 * (correct * valid).sum() / jnp.maximum(
-        valid.sum(), 1.0), "learning_rate": schedule(state.step)}
+    metrics = {"loss": loss, "learning_rate": schedule(state.step)}
+    if not multilabel:
+      correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+      metrics["accuracy"] = 100.0 * (correct * valid).sum() / jnp.maximum(valid.sum(), 1.0)
     return FinetuneState(step=state.step + 1, params=params, batch_stats={"encoder": stats},
                          opt_state=opt_state), metrics
 
@@ -249,7 +281,8 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
     ckpt.close()
     return state
   replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  step_fn = jax.jit(make_train_step(encoder, num_classes, optimizer, schedule),
+  step_fn = jax.jit(make_train_step(encoder, num_classes, optimizer, schedule,
+                                    pipeline.is_multilabel(config)),
                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                     donate_argnums=0)
   stream = pipeline.device_prefetch(
@@ -279,57 +312,87 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
 
 def evaluate(config, encoder, state: FinetuneState, num_classes: int, examples: Examples, mesh,
              what: str) -> dict[str, Any]:
-  """Top-1 / top-5 over every example of ``examples`` exactly once."""
+  """Scores over every example of ``examples`` exactly once: top-1, top-5 and mean per-class
+  accuracy; for a multi-label dataset the 11-point mAP ('map') and per-class APs instead."""
   ft = config.finetune
   process_batch = ft.batch_size // jax.process_count()
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   batches = examples.batches(batch_size=process_batch, image_size=ft.image_size,
                              train_augment=False, seed=0, repeat=False)
+  progress = Progress(f"{what} ({examples.describe()})", examples.size())
+  if pipeline.is_multilabel(config):
+    scores, targets = features_lib.collect_outputs(
+        _jitted_logits(encoder, num_classes), variables, batches, mesh, progress=progress)
+    value, per_class = multilabel.mean_average_precision(scores, targets)
+    return {"num_examples": int(len(targets)), "map": value, "per_class_ap": per_class}
   counts = accuracy.count_split(logits_fn(encoder, num_classes), variables, batches, mesh,
-                                progress=Progress(f"{what} ({examples.describe()})",
-                                                  examples.size()))
+                                progress=progress)
   return accuracy.accuracies(counts)
 
 
-def _sweep(config, workdir: str, encoder, variables, info, num_classes: int, examples: Examples,
-           mesh) -> tuple[float, list[dict[str, Any]]]:
-  """Scores every rate of ``finetune.lr_grid`` on a hold-out; returns (best rate, scores)."""
+@functools.lru_cache(maxsize=8)
+def _jitted_logits(encoder, num_classes: int):
+  return jax.jit(logits_fn(encoder, num_classes))
+
+
+def default_metric(config) -> str:
+  """The score a fine-tuning run reports first and selects rates by, when none is named."""
+  return "map11" if pipeline.is_multilabel(config) else "top1"
+
+
+def _holdout(config, examples: Examples) -> tuple[Examples, Examples]:
+  """``(fit, holdout)``: the named hold-out split, else a slice / class-balanced part."""
   ft = config.finetune
-  holdout_n = ft.holdout_examples or max(1, examples.size() // 10)
-  fit, holdout = examples.split_holdout(holdout_n, config.seed)
+  if ft.holdout_split:
+    return examples.split_named_part(ft.holdout_split)
+  return examples.split_holdout(ft.holdout_examples or max(1, examples.size() // 10), config.seed)
+
+
+def _sweep(config, workdir: str, encoder, variables, info, num_classes: int, examples: Examples,
+           mesh, metric: str) -> tuple[float, list[dict[str, Any]]]:
+  """Scores every rate of ``finetune.lr_grid`` on a hold-out by ``metric``; returns (best rate,
+  scores)."""
+  key = "holdout_" + eval_results.METRIC_KEYS[metric]
+  fit, holdout = _holdout(config, examples)
   scores = []
-  for base_lr in ft.lr_grid:
+  for base_lr in config.finetune.lr_grid:
     run_dir = epath.Path(workdir) / SWEEP_DIR / f"lr_{base_lr:g}"
     done_file = run_dir / RUN_RESULT
-    if done_file.exists():
-      score = json.loads(done_file.read_text())
-    else:
+    score = json.loads(done_file.read_text()) if done_file.exists() else {}
+    if key not in score:   # not run yet (or scored by another metric: the run resumes finished)
       state = train(config, str(run_dir), encoder, variables, info, num_classes, fit,
                     float(base_lr), mesh)
       result = evaluate(config, encoder, state, num_classes, holdout, mesh, "hold-out")
-      score = {"base_lr": float(base_lr), "holdout_top1": result["top1"],
-               "holdout_top5": result["top5"], "num_holdout": result["num_examples"]}
+      score = {"base_lr": float(base_lr), "num_holdout": result["num_examples"],
+               "holdout_split": holdout.describe(),
+               **{f"holdout_{k}": v for k, v in result.items()
+                  if k in ("top1", "top5", "mean_per_class", "map")}}
       if jax.process_index() == 0:
         done_file.write_text(json.dumps(score))
     scores.append(score)
-    logging.info("Sweep: base lr %g -> hold-out top-1 %.2f%%.", base_lr, score["holdout_top1"])
-  best = min(scores, key=lambda s: (-s["holdout_top1"], s["base_lr"]))["base_lr"]
+    logging.info("Sweep: base lr %g -> hold-out %s %.2f%%.", base_lr,
+                 eval_results.METRIC_NAMES[metric], score[key])
+  # Best score first (NaN, e.g. an mAP without positives, last); ties: the smaller rate.
+  best = min(scores, key=lambda s: (-np.nan_to_num(s[key], nan=-1.0), s["base_lr"]))["base_lr"]
   return best, scores
 
 
 def finetune_and_evaluate(config, workdir: str, encoder, variables, info: dict[str, Any],
-                          mesh=None) -> dict[str, Any]:
+                          mesh=None, metric: str = "") -> dict[str, Any]:
   """Selects the rate (if a grid is given), fine-tunes, reports the eval split.
 
   Args:
     config: experiment config (``config.data`` is the dataset, ``config.finetune`` the recipe).
     workdir: where the runs checkpoint (the final run at the top, sweep runs below it).
     encoder, variables, info: the pretrained encoder (see eval_pretrained.load_pretrained).
+    metric: what rates are selected by and 'score' reports ('top1', 'mean_per_class',
+      'map11'); '' = mAP for a multi-label dataset, else top-1.
 
   Returns:
-    The results dict written by the job (test top-1/top-5, subset, sweep, settings).
+    The results dict written by the job (test scores, subset, sweep, settings).
   """
   mesh = mesh or parallel.make_mesh()
+  metric = metric or default_metric(config)
   data_config, examples, subset = training_examples(config)
   num_classes = int(pipeline.num_classes(data_config))
   if num_classes <= 0:
@@ -338,7 +401,7 @@ def finetune_and_evaluate(config, workdir: str, encoder, variables, info: dict[s
   base_lr = float(config.finetune.base_lr)
   if len(config.finetune.lr_grid) > 1:
     base_lr, sweep = _sweep(data_config, workdir, encoder, variables, info, num_classes,
-                            examples, mesh)
+                            examples, mesh, metric)
   elif len(config.finetune.lr_grid) == 1:
     base_lr = float(config.finetune.lr_grid[0])
   state = train(data_config, workdir, encoder, variables, info, num_classes, examples, base_lr,
@@ -352,7 +415,8 @@ def finetune_and_evaluate(config, workdir: str, encoder, variables, info: dict[s
                "train": subset, "test_split": data_config.data.eval_split,
                "num_classes": num_classes},
       "selected": {"base_lr": base_lr, "peak_lr": base_lr * ft.batch_size / 256.0},
-      "sweep": sweep, "test": test,
+      "sweep": sweep, "test": test, "metric": metric,
+      "score": test[eval_results.METRIC_KEYS[metric]],
       "settings": {k: checkpoint.config_to_json(config)["finetune"][k] for k in _RESUME_FIELDS},
   }
 
@@ -365,16 +429,22 @@ def run(config, workdir: str) -> dict[str, Any]:
 
 
 def results_markdown(results: dict[str, Any]) -> str:
-  data, test = results["data"], results["test"]
+  data, test, metric = results["data"], results["test"], results["metric"]
+  if "map" in test:
+    scores = f"**11-point mAP {test['map']:.2f}%**"
+  else:
+    scores = (f"**top-1 {test['top1']:.2f}%**, top-5 {test['top5']:.2f}%, mean per-class "
+              f"{test['mean_per_class']:.2f}%")
   lines = [f"# Fine-tuning: {results['encoder']['architecture']} from {results['encoder']['path']}",
            "", f"Trained on {data['train']['kind']} ({data['train']['num_examples']} examples "
            f"of {data['dataset']}) at base lr {results['selected']['base_lr']:g}.", "",
-           f"Test ({data['test_split']}, {test['num_examples']} images): **top-1 "
-           f"{test['top1']:.2f}%**, top-5 {test['top5']:.2f}%.", ""]
+           f"Test ({data['test_split']}, {test['num_examples']} images): {scores}.", ""]
   if results["sweep"]:
+    key = "holdout_" + eval_results.METRIC_KEYS[metric]
     rows = [[f"{s['base_lr']:g}" + (" (selected)" if s["base_lr"] == results["selected"]["base_lr"]
-                                     else ""), s.get("holdout_top1", math.nan)]
+                                     else ""), s.get(key, math.nan)]
             for s in results["sweep"]]
-    lines += ["Rate selection on the hold-out:", "",
-              eval_results.table(["base lr", "hold-out top-1 (%)"], rows)]
+    lines += [f"Rate selection on the hold-out ({results['sweep'][0].get('holdout_split', '')}):",
+              "", eval_results.table(
+                  ["base lr", f"hold-out {eval_results.METRIC_NAMES[metric]} (%)"], rows)]
   return "\n".join(lines)

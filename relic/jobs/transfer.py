@@ -9,7 +9,9 @@ Protocols (method.md section 5, as in the BYOL / SimCLR transfer tables):
     A multi-label dataset (VOC2007) gets one-vs-rest logistic regression scored by 11-point
     mAP instead (relic/evaluators/multilabel.py).
   * ``'finetune'``: the whole network + a new head, trained with ``config.finetune`` (the same
-    code as the finetune job; ``finetune.lr_grid`` enables its hold-out rate selection).
+    code as the finetune job; ``finetune.lr_grid`` enables its hold-out rate selection, by the
+    dataset's metric). VOC2007 gets a one-vs-rest head scored by 11-point mAP, and its rates are
+    compared on its official validation split.
 
 One command scores one dataset or a list (``transfer.datasets``, see
 relic/jobs/eval_transfer_datasets.py for the names, the tfds mapping and the substitutes).
@@ -75,7 +77,7 @@ def validate(config) -> None:
       continue
     if "finetune" in protocols(config):
       try:
-        pipeline.check_single_label(cfg, "the fine-tune protocol")
+        finetune.check_data(cfg)
       except ConfigError as e:
         problems.append(f"  {dataset.name}: {e}")
   if problems:
@@ -134,13 +136,9 @@ def linear_transfer(config, encoder, variables, mesh, name: str) -> dict[str, An
           "mean_per_class": mean_per_class_accuracy(predictions, test_y), **chosen, **sizes}
 
 
-# Where each literature metric sits in a linear result.
-_METRIC_KEYS = {"top1": "top1", "mean_per_class": "mean_per_class", "map11": "map"}
-
-
 def linear_score(entry: dict[str, Any]) -> float:
   """The literature's number (TransferDataset.metric) of a dataset's linear result, in %."""
-  return float(entry["linear"][_METRIC_KEYS[entry["metric"]]])
+  return float(entry["linear"][eval_results.METRIC_KEYS[entry["metric"]]])
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -170,11 +168,13 @@ def run(config, workdir: str) -> dict[str, Any]:
                    linear_score(entry))
     if "finetune" in chosen:
       result = finetune.finetune_and_evaluate(cfg, str(directory / "finetune"), encoder,
-                                              variables, info, mesh)
-      entry["finetune"] = {"top1": result["test"]["top1"], "top5": result["test"]["top5"],
+                                              variables, info, mesh, metric=dataset.metric)
+      test = dict(result["test"])
+      entry["finetune"] = {**test, "score": result["score"], "num_test": test.pop("num_examples"),
                            "base_lr": result["selected"]["base_lr"], "sweep": result["sweep"],
-                           "num_test": result["test"]["num_examples"],
                            "train": result["data"]["train"]}
+      logging.info("Transfer %s fine-tune: %s %.2f%%.", dataset.name, dataset.metric,
+                   result["score"])
     if jax.process_index() == 0:
       directory.mkdir(parents=True, exist_ok=True)
     eval_results.write_results(str(directory), entry, results_markdown(
@@ -186,13 +186,13 @@ def run(config, workdir: str) -> dict[str, Any]:
 
 def results_markdown(summary: dict[str, Any]) -> str:
   """One row per dataset: the literature's metric and its linear value, linear top-1 / mean
-  per-class (single-label datasets), fine-tune."""
+  per-class (single-label datasets), the metric and top-1 fine-tuned."""
   enc = summary["encoder"]
   header = ["dataset", "tfds / source", "metric"]
   if "linear" in summary["protocols"]:
     header += ["linear, metric (%)", "linear top-1 (%)", "linear mean per-class (%)"]
   if "finetune" in summary["protocols"]:
-    header += ["fine-tune top-1 (%)"]
+    header += ["fine-tune, metric (%)", "fine-tune top-1 (%)"]
   header.append("note")
   rows = []
   for name, entry in summary["datasets"].items():
@@ -202,7 +202,9 @@ def results_markdown(summary: dict[str, Any]) -> str:
       row += [linear_score(entry), float(linear_entry.get("top1", "nan")),
               float(linear_entry.get("mean_per_class", "nan"))]
     if "finetune" in summary["protocols"]:
-      row += [entry["finetune"]["top1"]]
+      tuned = entry["finetune"]
+      score = tuned["score"] if "score" in tuned else tuned["top1"]  # results before 'score'
+      row += [float(score), float(tuned.get("top1", "nan"))]
     rows.append(row + [entry.get("note", "")])
   return (f"# Transfer: {enc['architecture']} from {enc['path']}\n\n" +
           eval_results.table(header, rows))
