@@ -10,11 +10,12 @@ Datasets (relic/jobs/eval_transfer_datasets.py): food101, cifar10, cifar100, cal
   (voc/2007), dtd, oxford_iiit_pet, caltech101, oxford_flowers102; also 'tfds_name:train:test'
   and 'folder:PATH' (FGVC Aircraft is not in tfds). Prepare each with `tfds build NAME` once.
 Linear protocol: L2 logistic regression on frozen centre-crop features, the L2 strength chosen
-  on 20% of train, refit on all of train, scored on test (top-1 and mean per-class accuracy;
-  VOC2007, multi-label: one-vs-rest, 11-point mAP).
+  by the dataset's metric on its official validation split (VOC2007, DTD, Flowers-102: fit on
+  'train', scored on 'validation', refit on 'train+validation') or on 20% of train, then scored
+  on test (top-1 and mean per-class accuracy; VOC2007, multi-label: one-vs-rest, 11-point mAP).
 Fine-tune protocol: config.finetune (full train split; finetune.lr_grid for a rate sweep, rates
-  compared by each dataset's metric; VOC2007: one-vs-rest head, 11-point mAP, rates compared on
-  its 'validation' split, the chosen one trained on 'train+validation').
+  compared by the dataset's metric on the same validation splits, else on a prefix of train;
+  VOC2007: one-vs-rest head).
 Outputs: DIR/<dataset>/results.json per dataset and DIR/results.md, the table across datasets.
   A rerun skips the datasets already done for the same encoder.
 Variants: 'runlocal': the built-in dataset as the target, minutes on a CPU:

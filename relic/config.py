@@ -137,7 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=224,
       batch_size=256,           # global batch of feature extraction.
       l2_grid=(),               # logistic-regression L2 strengths; () = 1e-6 ... 1.
-      val_fraction=0.2,         # of train, held out to choose the L2 strength.
+      val_fraction=0.2,         # of train, held out to choose the L2 strength (datasets without
+                                # an official validation split).
       max_iter=1000,            # L-BFGS iterations per fit.
       num_train_examples=0,     # cap on train examples per dataset (0 = all).
   ))

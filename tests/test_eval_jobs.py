@@ -188,16 +188,23 @@ def _restore_finetuned(workdir, step: int) -> dict:
 def test_transfer_linear_on_tfds_mock_data(pretrained, tmp_path):
   import tensorflow_datasets as tfds
   config = eval_config("transfer", pretrained)
-  config.transfer.update(dict(datasets=("cifar10",), protocols=("linear",), batch_size=16,
-                              image_size=32, l2_grid=(1e-3, 1.0), max_iter=20))
+  config.transfer.update(dict(datasets=("cifar10", "oxford_flowers102"), protocols=("linear",),
+                              batch_size=16, image_size=32, l2_grid=(1e-3, 1.0), max_iter=20))
   with tfds.testing.mock_data(num_examples=44):          # 44: not a multiple of 16
     results = run(config, str(tmp_path))
   entry = results["datasets"]["cifar10"]
   assert entry["linear"]["num_train"] == 44 and entry["linear"]["num_test"] == 44
-  assert entry["linear"]["l2"] in (1e-3, 1.0)
+  assert entry["linear"]["l2"] in (1e-3, 1.0) and entry["linear"]["num_val"] == 8  # 20% of 44
+  assert entry["linear"]["selected_on"] == "random 0.2 of train"
   assert 0.0 <= entry["linear"]["mean_per_class"] <= 100.0
+  # Flowers-102: L2 chosen by mean per-class accuracy on the official validation split, the
+  # classifier refit on train + validation.
+  flowers = results["datasets"]["oxford_flowers102"]["linear"]
+  assert flowers["selected_on"] == "validation" and flowers["num_val"] == 44
+  assert flowers["num_train"] == 88 and set(flowers["val_mean_per_class"]) == {"0.001", "1.0"}
   table = (tmp_path / "results.md").read_text()
   assert "| cifar10 | cifar10 | top1 |" in table
+  assert "| oxford_flowers102 | oxford_flowers102 | mean_per_class |" in table
   assert (tmp_path / "cifar10" / "results.json").exists()
 
 
@@ -214,6 +221,7 @@ def test_transfer_voc2007_linear_and_finetune_map(pretrained, tmp_path):
   results = run(config, str(workdir))
   entry = results["datasets"]["voc2007"]
   assert entry["metric"] == "map11" and entry["linear"]["num_train"] == 16
+  assert entry["linear"]["selected_on"] == "validation" and entry["linear"]["num_val"] == 6
   assert entry["linear"]["num_test"] == 9 and entry["linear"]["num_classes"] == 20
   assert 0.0 < entry["linear"]["map"] <= 100.0 and len(entry["linear"]["per_class_ap"]) == 20
 

@@ -251,6 +251,32 @@ def test_multilabel_linear_evaluation_learns_and_ignores_difficult():
                                      jnp.asarray(weights))) == pytest.approx(expected_w, rel=1e-5)
 
 
+def test_linear_selection_on_an_official_validation_split_by_mean_per_class():
+  rng = np.random.default_rng(2)
+  centers = rng.normal(size=(4, 6)) * 1.5
+  def draw(counts):
+    y = np.repeat(np.arange(4), counts)
+    return (centers[y] + rng.normal(size=(len(y), 6))).astype(np.float32), y.astype(np.int32)
+  train_x, train_y = draw([40, 20, 10, 5])            # imbalanced: per-class mean != top-1
+  val_x, val_y = draw([5, 5, 5, 5])
+  grid = (1e-4, 1e-1, 1e1)
+  model, chosen = linear.select_and_fit(train_x, train_y, num_classes=4, l2_grid=grid,
+                                        holdout=(val_x, val_y), metric="mean_per_class",
+                                        max_iter=50)
+  # Each l2 fit on train only and scored on the validation split, recomputed here.
+  for l2 in grid:
+    fitted = linear.fit(train_x, train_y, num_classes=4, l2=l2, max_iter=50)
+    predictions = linear.logits(fitted, val_x).argmax(-1)
+    expected = 100.0 * np.mean([np.mean(predictions[val_y == c] == c) for c in range(4)])
+    assert chosen["val_mean_per_class"][str(l2)] == pytest.approx(expected)
+  best = max(grid, key=lambda l2: (chosen["val_mean_per_class"][str(l2)], l2))
+  assert chosen["l2"] == best and chosen["num_val"] == 20
+  # The final classifier: refit on train + validation with the chosen l2.
+  refit = linear.fit(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]),
+                     num_classes=4, l2=best, max_iter=50)
+  np.testing.assert_allclose(model["params"]["w"], refit["params"]["w"], rtol=1e-5, atol=1e-6)
+
+
 def test_transfer_config_scores_voc2007_with_both_protocols():
   spec = importlib.util.spec_from_file_location("transfer_config", "configs/transfer.py")
   module = importlib.util.module_from_spec(spec)

@@ -9,7 +9,7 @@ L-BFGS (optax) converges in a few hundred iterations for up to ~10^5 x 10^4 feat
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,21 +111,52 @@ def accuracy(model: dict, x: np.ndarray, y: np.ndarray, top: int = 1) -> float:
   return float(100.0 * np.mean(np.any(topk == np.asarray(y)[:, None], axis=1)))
 
 
+def mean_per_class_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over the classes present in ``labels`` of each class's accuracy (%)."""
+  classes = np.unique(labels)
+  return float(100.0 * np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
+
+
+# Selection scores of a fitted classifier on held-out (x, y), higher is better.
+SCORES: dict[str, Callable[[dict, np.ndarray, np.ndarray], float]] = {
+    "top1": accuracy,
+    "mean_per_class": lambda model, x, y: mean_per_class_accuracy(logits(model, x).argmax(-1), y),
+}
+
+
 def select_and_fit(train_x: np.ndarray, train_y: np.ndarray, *, num_classes: int,
                    l2_grid: Sequence[float] = DEFAULT_L2_GRID, val_fraction: float = 0.2,
-                   seed: int = 0, max_iter: int = 300) -> tuple[dict, dict]:
-  """Chooses l2 on a held-out slice of train and refits on all of train, once for any number
-  of test sets.
+                   seed: int = 0, max_iter: int = 300,
+                   holdout: tuple[np.ndarray, np.ndarray] | None = None,
+                   metric: str = "top1", score: Callable | None = None) -> tuple[dict, dict]:
+  """Chooses l2 on held-out examples and refits on all of them, once for any number of test
+  sets.
+
+  Args:
+    holdout: ``(x, y)`` of an official validation split: every l2 is fit on ``train_*`` and
+      scored on it, and the final classifier is fit on train + holdout. None: a random
+      ``val_fraction`` of train is held out, and the final fit uses all of train.
+    metric: the selection score's name (a key of :data:`SCORES` unless ``score`` is given).
+    score: ``(model, x, y) -> float``, higher is better; NaN counts as the worst.
 
   Returns:
-    ``(model, selection)``: the classifier of :func:`fit`, and 'l2' (chosen), 'val_top1' per l2.
+    ``(model, selection)``: the classifier of :func:`fit`, and 'l2' (chosen), 'val_<metric>'
+    per l2, 'num_val' (held-out examples).
   """
-  val_idx, fit_idx = holdout_split(len(train_x), val_fraction, seed)
+  score = score or SCORES[metric]
+  if holdout is None:
+    val_idx, fit_idx = holdout_split(len(train_x), val_fraction, seed)
+    fit_x, fit_y, val_x, val_y = train_x[fit_idx], train_y[fit_idx], train_x[val_idx], train_y[val_idx]
+    all_x, all_y = train_x, train_y
+  else:
+    (fit_x, fit_y), (val_x, val_y) = (train_x, train_y), holdout
+    all_x, all_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
   val_scores = {}
   for l2 in l2_grid:
-    model = fit(train_x[fit_idx], train_y[fit_idx], num_classes=num_classes, l2=l2,
-                max_iter=max_iter)
-    val_scores[l2] = accuracy(model, train_x[val_idx], train_y[val_idx])
+    model = fit(fit_x, fit_y, num_classes=num_classes, l2=l2, max_iter=max_iter)
+    value = score(model, val_x, val_y)
+    val_scores[l2] = -1.0 if np.isnan(value) else value
   best = max(val_scores, key=lambda l2: (val_scores[l2], l2))  # ties: stronger regularisation
-  model = fit(train_x, train_y, num_classes=num_classes, l2=best, max_iter=max_iter)
-  return model, {"l2": best, "val_top1": {str(k): v for k, v in val_scores.items()}}
+  model = fit(all_x, all_y, num_classes=num_classes, l2=best, max_iter=max_iter)
+  return model, {"l2": best, f"val_{metric}": {str(k): v for k, v in val_scores.items()},
+                 "num_val": int(len(val_x))}

@@ -52,25 +52,24 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> tuple[flo
   return (float(np.mean(present)) if present else float("nan")), per_class
 
 
+def _map_score(model: dict, x: np.ndarray, y: np.ndarray) -> float:
+  return mean_average_precision(linear.logits(model, x), y)[0]
+
+
 def select_and_evaluate(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                         test_y: np.ndarray, *, l2_grid: Sequence[float] = linear.DEFAULT_L2_GRID,
-                        val_fraction: float = 0.2, seed: int = 0, max_iter: int = 300) -> dict:
-  """Chooses the L2 strength by mAP on a held-out slice of train, refits on all of train and
-  reports test mAP (the multi-label twin of :func:`relic.evaluators.linear.select_and_fit`).
+                        val_fraction: float = 0.2, seed: int = 0, max_iter: int = 300,
+                        holdout: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+  """Chooses the L2 strength by mAP on held-out examples (``holdout``, else a random
+  ``val_fraction`` of train), refits and reports test mAP (see
+  :func:`relic.evaluators.linear.select_and_fit`).
 
   Returns:
-    dict with 'map' (test, %), 'per_class_ap', 'l2' (chosen) and 'val_map' per l2.
+    dict with 'map' (test, %), 'per_class_ap', 'l2' (chosen), 'val_map' per l2, 'num_val'.
   """
-  num_classes = train_y.shape[1]
-  val_idx, fit_idx = linear.holdout_split(len(train_x), val_fraction, seed)
-  val_scores = {}
-  for l2 in l2_grid:
-    model = linear.fit(train_x[fit_idx], train_y[fit_idx], num_classes=num_classes, l2=l2,
-                       max_iter=max_iter)
-    val_map, _ = mean_average_precision(linear.logits(model, train_x[val_idx]), train_y[val_idx])
-    val_scores[l2] = -1.0 if np.isnan(val_map) else val_map
-  best = max(val_scores, key=lambda l2: (val_scores[l2], l2))  # ties: stronger regularisation
-  model = linear.fit(train_x, train_y, num_classes=num_classes, l2=best, max_iter=max_iter)
+  model, chosen = linear.select_and_fit(train_x, train_y, num_classes=train_y.shape[1],
+                                        l2_grid=l2_grid, val_fraction=val_fraction, seed=seed,
+                                        max_iter=max_iter, holdout=holdout, metric="map",
+                                        score=_map_score)
   test_map, per_class = mean_average_precision(linear.logits(model, test_x), test_y)
-  return {"map": test_map, "per_class_ap": per_class, "l2": best,
-          "val_map": {str(k): v for k, v in val_scores.items()}}
+  return {"map": test_map, "per_class_ap": per_class, **chosen}

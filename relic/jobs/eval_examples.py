@@ -69,6 +69,15 @@ def named_part_problem(split: str, part: str, subset: bool = False) -> str | Non
           f"hold-out split empty (a slice of the training split is held out).")
 
 
+def split_named_part(split: str, part: str) -> tuple[str, str]:
+  """``('train', 'validation')`` for ``('train+validation', 'validation')``: the rest of a
+  combined split and the named part (ConfigError when it is not a part)."""
+  problem = named_part_problem(split, part)
+  if problem:
+    raise ConfigError(problem)
+  return "+".join(p for p in split.replace(" ", "").split("+") if p != part), part
+
+
 def _reader(config, split: str) -> sources.Reader:
   return sources.get_source(config).reader(split, process_index=0, process_count=1,
                                            with_masks=False)
@@ -141,10 +150,9 @@ class Examples:
   def split_named_part(self, part: str) -> tuple["Examples", "Examples"]:
     """``(rest, part)`` of a combined split: ``'train+validation'`` and ``'validation'`` give
     ``('train', 'validation')`` (a dataset's official validation split as the hold-out)."""
-    parts = self.split.replace(" ", "").split("+")
-    if self.indices is not None or part not in parts or len(parts) < 2:
-      raise ConfigError(named_part_problem(self.split, part, self.indices is not None))
-    rest = "+".join(p for p in parts if p != part)
+    if self.indices is not None:
+      raise ConfigError(named_part_problem(self.split, part, subset=True))
+    rest, part = split_named_part(self.split, part)
     return Examples(self.config, rest), Examples(self.config, part)
 
   def batches(self, *, batch_size: int, image_size: int, train_augment: bool, seed: int,

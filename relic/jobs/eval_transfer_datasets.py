@@ -13,20 +13,27 @@ image_classification``, ``datasets/``):
   SUN397        sun397/tfds            train / test        tfds's standard partition
   Stanford Cars cars196                train / test
   FGVC Aircraft (none)                 -                   not in tfds: use 'folder:PATH'
-  VOC2007       voc/2007               train+validation /  multi-label: 11-point mAP; rates
-                                       test                chosen on 'validation'
-  DTD           dtd                    train / test        split 1
+  VOC2007       voc/2007               train+validation /  multi-label: 11-point mAP
+                                       test
+  DTD           dtd                    train+validation /  split 1
+                                       test
   Oxford Pets   oxford_iiit_pet        train / test        mean per-class accuracy
   Caltech-101   caltech101             train / test        tfds's fixed 30-per-class train
-  Flowers-102   oxford_flowers102      train / test        mean per-class accuracy
+  Flowers-102   oxford_flowers102      train+validation /  mean per-class accuracy
+                                       test
   ============  =====================  ==================  ==================================
+
+Hyper-parameters (the linear protocol's L2 strength, the fine-tune protocol's rate when
+``finetune.lr_grid`` is swept) are chosen as in SimCLR's transfer appendix: on the validation
+split the dataset's authors specify for VOC2007, DTD and Flowers-102 (fit on 'train', score on
+'validation', then refit on 'train+validation' and report 'test'; ``holdout_split``), else on a
+part of the train split held out at random (linear) or as a prefix (fine-tune).
 
 Scoring follows the literature (SimCLR / BYOL transfer tables): mean per-class accuracy for
 Pets, Caltech-101, Flowers-102 (and Aircraft), top-1 for the others; both are always reported.
 VOC2007 is multi-label (the classes present in an image): 11-point mAP of one-vs-rest logistic
-regression (relic/evaluators/multilabel.py), "difficult"-only classes ignored as in the devkit;
-fine-tuned with a one-vs-rest head, its rate sweep trains on 'train' and scores the official
-'validation' split (``holdout_split``), then the chosen rate trains on 'train+validation'.
+regression or of a fine-tuned one-vs-rest head (relic/evaluators/multilabel.py), "difficult"-only
+classes ignored as in the devkit. Selection uses each dataset's metric.
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ class TransferDataset:
   test_split: str
   metric: str = "top1"   # the number the literature reports: 'top1', 'mean_per_class', 'map11'
   note: str = ""
-  holdout_split: str = ""  # fine-tune rate sweep: this part of train_split scores the rates
+  holdout_split: str = ""  # the official validation split (a part of train_split) that
+                           # scores hyper-parameters; '' = hold out a part of train_split
 
 
 TRANSFER_DATASETS: dict[str, TransferDataset] = {d.name: d for d in (
@@ -57,12 +65,12 @@ TRANSFER_DATASETS: dict[str, TransferDataset] = {d.name: d for d in (
                     note="substitute for Birdsnap (not in tfds)"),
     TransferDataset("sun397", "tfds", "sun397/tfds", "train", "test"),
     TransferDataset("cars196", "tfds", "cars196", "train", "test"),
-    TransferDataset("dtd", "tfds", "dtd", "train", "test"),
+    TransferDataset("dtd", "tfds", "dtd", "train+validation", "test", holdout_split="validation"),
     TransferDataset("oxford_iiit_pet", "tfds", "oxford_iiit_pet", "train", "test",
                     metric="mean_per_class"),
     TransferDataset("caltech101", "tfds", "caltech101", "train", "test", metric="mean_per_class"),
-    TransferDataset("oxford_flowers102", "tfds", "oxford_flowers102", "train", "test",
-                    metric="mean_per_class"),
+    TransferDataset("oxford_flowers102", "tfds", "oxford_flowers102", "train+validation", "test",
+                    metric="mean_per_class", holdout_split="validation"),
     TransferDataset("voc2007", "tfds", "voc/2007", "train+validation", "test", metric="map11",
                     note="multi-label (trainval / test)", holdout_split="validation"),
     # No download: the built-in shapes dataset, for runlocal checks of the whole job.

@@ -35,6 +35,7 @@ from relic.data import pipeline
 from relic.evaluators import features as features_lib, linear, multilabel
 from relic.evaluators.progress import Progress
 from relic.jobs import eval_examples, eval_pretrained, eval_results, finetune
+from relic.jobs.eval_examples import split_named_part
 from relic.jobs.eval_transfer_datasets import TransferDataset, dataset_config, expand, resolve
 
 PROTOCOLS = ("linear", "finetune")
@@ -105,35 +106,39 @@ def _features(config, encoder, variables, mesh, split: str, max_examples: int, w
                                        max_examples=max_examples)
 
 
-def mean_per_class_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-  """Mean over the classes present in ``labels`` of each class's accuracy (%)."""
-  classes = np.unique(labels)
-  return float(100.0 * np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
-
-
-def linear_transfer(config, encoder, variables, mesh, name: str) -> dict[str, Any]:
-  """Logistic regression on frozen features; L2 chosen on a held-out part of train."""
-  t = config.transfer
+def linear_transfer(config, encoder, variables, mesh, dataset: TransferDataset) -> dict[str, Any]:
+  """Logistic regression on frozen features; L2 chosen on the dataset's official validation
+  split (``dataset.holdout_split``) or a random part of train, by the dataset's metric."""
+  t, name = config.transfer, dataset.name
   num_classes = int(pipeline.num_classes(config))
-  train_x, train_y = _features(config, encoder, variables, mesh, config.data.train_split,
-                               t.num_train_examples, f"{name} train features")
+  fit_split, holdout_split = config.data.train_split, None
+  if dataset.holdout_split:
+    fit_split, holdout_split = split_named_part(config.data.train_split, dataset.holdout_split)
+  train_x, train_y = _features(config, encoder, variables, mesh, fit_split,
+                               t.num_train_examples, f"{name} {fit_split} features")
+  holdout = None
+  if holdout_split:
+    holdout = _features(config, encoder, variables, mesh, holdout_split, 0,
+                        f"{name} {holdout_split} features")
   test_x, test_y = _features(config, encoder, variables, mesh, config.data.eval_split, 0,
                              f"{name} test features")
   l2_grid = tuple(t.l2_grid) or linear.DEFAULT_L2_GRID
-  sizes = {"num_train": int(len(train_x)), "num_test": int(len(test_x)),
-           "num_classes": num_classes}
+  sizes = {"num_train": int(len(train_x) + (len(holdout[0]) if holdout else 0)),
+           "num_test": int(len(test_x)), "num_classes": num_classes,
+           "selected_on": holdout_split or f"random {t.val_fraction:g} of {fit_split}"}
   if train_y.ndim == 2:  # multi-label targets (N, num_classes)
     result = multilabel.select_and_evaluate(train_x, train_y, test_x, test_y, l2_grid=l2_grid,
                                             val_fraction=t.val_fraction, seed=config.seed,
-                                            max_iter=t.max_iter)
+                                            max_iter=t.max_iter, holdout=holdout)
     return {**result, **sizes}
   model, chosen = linear.select_and_fit(train_x, train_y, num_classes=num_classes,
                                         l2_grid=l2_grid, val_fraction=t.val_fraction,
-                                        seed=config.seed, max_iter=t.max_iter)
+                                        seed=config.seed, max_iter=t.max_iter, holdout=holdout,
+                                        metric=dataset.metric)
   predictions = linear.logits(model, test_x).argmax(-1)
   return {"top1": linear.accuracy(model, test_x, test_y),
           "top5": linear.accuracy(model, test_x, test_y, 5),
-          "mean_per_class": mean_per_class_accuracy(predictions, test_y), **chosen, **sizes}
+          "mean_per_class": linear.mean_per_class_accuracy(predictions, test_y), **chosen, **sizes}
 
 
 def linear_score(entry: dict[str, Any]) -> float:
@@ -163,7 +168,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                              "fingerprint": info["fingerprint"]}
     if "linear" in chosen:
       entry["linear"] = previous.get("linear") or linear_transfer(cfg, encoder, variables, mesh,
-                                                                  dataset.name)
+                                                                  dataset)
       logging.info("Transfer %s linear: %s %.2f%%.", dataset.name, dataset.metric,
                    linear_score(entry))
     if "finetune" in chosen:
