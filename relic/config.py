@@ -142,6 +142,36 @@ def base_config() -> ml_collections.ConfigDict:
       max_iter=1000,            # L-BFGS iterations per fit.
       num_train_examples=0,     # cap on train examples per dataset (0 = all).
   ))
+  config.segmentation = ml_collections.ConfigDict(dict(
+      # Semantic segmentation transfer (method.md section 5), BYOL's protocol: FCN-16s (the
+      # encoder's last stage dilated, two 3x3 convs of 256 channels with dilation 6 + BN + ReLU,
+      # a 1x1 classifier), per-pixel softmax cross-entropy, whole network trained.
+      dataset="voc2012",        # 'voc2012' (a VOC2012 folder at path), 'cityscapes' (tfds
+                                # cityscapes/semantic_segmentation) or 'builtin' (shapes, no download).
+      path="",                  # voc2012: the VOC2012 folder (JPEGImages/, SegmentationClassAug/ or
+                                # SegmentationClass/, ImageSets/Segmentation/<split>.txt).
+      data_dir="",              # cityscapes: tfds data_dir ('' = tfds default).
+      train_split="train_aug",  # VOC: 'train_aug' (10,582 images with SBD) or 'train' (1,464).
+      eval_split="val",
+      crop_size=513,            # training crops (after random scaling; padded with 'ignore').
+      eval_size=(513, 513),     # (height, width) evaluated: central crop / padding of each image.
+      min_scale=0.5,            # random rescaling of training images ...
+      max_scale=2.0,            # ... by a factor in [min_scale, max_scale].
+      output_stride=16,         # 16: last stage dilated (FCN-16s); 8: last two; 32: none.
+      head_channels=256,
+      head_dilation=6,
+      batch_size=16,            # global batch.
+      num_steps=30_000,
+      base_lr=0.02,             # [recon] BYOL sweeps 5 log-spaced rates in [1e-3, 1e-1].
+      lr_grid=(),               # rates to sweep (one full run each on a hold-out); () = base_lr.
+      holdout_examples=2119,    # sweep: the first N train examples score the rates (BYOL: 2119).
+      lr_decay_at=(0.7, 0.9),   # the rate is multiplied by 0.1 at these fractions of training.
+      momentum=0.9,
+      weight_decay=1e-4,
+      log_every_steps=100,
+      checkpoint_every_steps=1000,
+      keep_checkpoints=2,
+  ))
   config.robustness = ml_collections.ConfigDict(dict(
       # The ImageNet linear head of a linear_probe run, no fine-tuning, on shifted test sets.
       probe="",                 # linear_probe workdir (its probe_head.npz + probe_head.json).

@@ -11,6 +11,7 @@ JOBS = {
     "finetune": "relic.jobs.finetune",
     "transfer": "relic.jobs.transfer",
     "robustness": "relic.jobs.robustness",
+    "segmentation": "relic.jobs.segmentation",
 }
 
 

@@ -237,17 +237,20 @@ def logits_fn(encoder, num_classes: int):
   return apply
 
 
-def _check_resume(meta: dict[str, Any], config, info: dict[str, Any], base_lr: float) -> None:
-  saved = (meta.get("config") or {}).get("finetune", {})
-  now = checkpoint.config_to_json(config)["finetune"]
-  different = [f"finetune.{f}: saved {saved.get(f)!r}, now {now[f]!r}" for f in _RESUME_FIELDS
+def check_resume(meta: dict[str, Any], config, info: dict[str, Any], base_lr: float,
+                 section: str = "finetune", fields: tuple[str, ...] = _RESUME_FIELDS) -> None:
+  """Refuses to resume a run directory written by a different run: other ``config.<section>``
+  ``fields``, another base rate or another pretrained encoder."""
+  saved = (meta.get("config") or {}).get(section, {})
+  now = checkpoint.config_to_json(config)[section]
+  different = [f"{section}.{f}: saved {saved.get(f)!r}, now {now[f]!r}" for f in fields
                if f in saved and saved[f] != now[f]]
   if meta.get("base_lr") not in (None, base_lr):
     different.append(f"base rate: saved {meta.get('base_lr')}, now {base_lr}")
   if meta.get("fingerprint") not in (None, info["fingerprint"]):
     different.append("the encoder at config.pretrained is not the one this run started from")
   if different:
-    raise ConfigError("the run directory holds a different fine-tuning run; refusing to resume "
+    raise ConfigError(f"the run directory holds a different {section} run; refusing to resume "
                       "because:\n  " + "\n  ".join(different) + "\nFix: use a new --workdir, "
                       "or resume with the saved settings.")
 
@@ -271,7 +274,7 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
   start = 0
   if ckpt.latest_step() is not None:
     tree, meta = ckpt.restore(state.to_dict())
-    _check_resume(meta, config, info, base_lr)
+    check_resume(meta, config, info, base_lr)
     state = state.replace_from_dict(tree)
     start = int(state.step)
     logging.info("Resumed fine-tuning in %s at step %d/%d.", run_dir, start, total)

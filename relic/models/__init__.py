@@ -3,6 +3,8 @@
 from relic.models.heads import MLP, LinearHead
 from relic.models.pretrain import RelicNetwork, encoder_from_config, networks_from_config
 from relic.models.resnet import STAGE_SIZES, ResNet, feature_dim
+from relic.models.segmentation import FCNHead, SegmentationNet, segmentation_net
 
 __all__ = ["ResNet", "MLP", "LinearHead", "RelicNetwork", "STAGE_SIZES", "feature_dim",
-           "encoder_from_config", "networks_from_config"]
+           "encoder_from_config", "networks_from_config", "FCNHead", "SegmentationNet",
+           "segmentation_net"]

@@ -13,6 +13,11 @@ layers:
     imported checkpoints reproduce their features.
 Stride-1 convolutions with odd kernels and 1x1 strided shortcuts are padded identically in both
 modes; the modes differ on the 7x7 stem conv, the stem max-pool and the strided 3x3 convs.
+
+Dense prediction. ``output_stride`` 16 or 8 trades the strides of the last one or two stages for
+dilated 3x3 convolutions (Chen et al., DeepLab), as in BYOL's segmentation transfer: the same
+parameters, a feature map 2x or 4x larger. Dilated stages have stride 1 everywhere, so both
+padding modes pad them symmetrically by the dilation and an imported checkpoint is unaffected.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ STAGE_SIZES: dict[int, tuple[int, ...]] = {
 }
 BOTTLENECK_DEPTHS = (50, 101, 152, 200)
 PADDING_MODES = ("torchvision", "same")
+# output_stride -> number of final stages whose stride is replaced by dilation.
+OUTPUT_STRIDES = {32: 0, 16: 1, 8: 2}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,10 +56,31 @@ def feature_dim(depth: int, width_multiplier: int = 1, base_width: int = 64) -> 
   return 8 * base_width * width_multiplier * expansion
 
 
-def _conv_padding(kernel: int, mode: str):
+def _conv_padding(kernel: int, mode: str, dilation: int = 1):
+  """'SAME' accounts for kernel_dilation itself; torchvision pads a dilated kxk conv by
+  dilation * (k // 2), which keeps stride-1 convs size-preserving."""
   if mode == "same":
     return "SAME"
-  return ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
+  pad = dilation * (kernel // 2)
+  return ((pad, pad), (pad, pad))
+
+
+def stage_strides_and_dilations(num_stages: int, output_stride: int) -> list[tuple[int, int]]:
+  """(stride, dilation) of every stage: the standard strides, with the last stages' replaced by
+  dilation (each dilated stage doubles the dilation of the one before, so the receptive field
+  grows as it would with the stride)."""
+  if output_stride not in OUTPUT_STRIDES:
+    raise ValueError(f"ResNet output_stride {output_stride} is not supported; choose one of "
+                     f"{sorted(OUTPUT_STRIDES, reverse=True)}.")
+  num_dilated = OUTPUT_STRIDES[output_stride]
+  plan, dilation = [], 1
+  for stage in range(num_stages):
+    stride = 2 if stage > 0 else 1
+    if stage >= num_stages - num_dilated:
+      dilation *= stride
+      stride = 1
+    plan.append((stride, dilation))
+  return plan
 
 
 def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
@@ -70,6 +98,7 @@ class BottleneckBlock(nn.Module):
   norm: Callable[..., nn.Module]
   padding: str
   zero_init_residual: bool = True
+  dilation: int = 1  # of every 3x3 conv in the block (dilated stages, output_stride < 32)
 
   @nn.compact
   def __call__(self, x):
@@ -77,7 +106,8 @@ class BottleneckBlock(nn.Module):
     y = self.conv(self.filters, (1, 1), name="conv_0")(x)
     y = nn.relu(self.norm(name="bn_0")(y))
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
-                  padding=_conv_padding(3, self.padding), name="conv_1")(y)
+                  kernel_dilation=(self.dilation, self.dilation),
+                  padding=_conv_padding(3, self.padding, self.dilation), name="conv_1")(y)
     y = nn.relu(self.norm(name="bn_1")(y))
     y = self.conv(self.filters * 4, (1, 1), name="conv_2")(y)
     y = self.norm(name="bn_2", scale_init=_last_scale_init(self.zero_init_residual))(y)
@@ -96,14 +126,18 @@ class BasicBlock(nn.Module):
   norm: Callable[..., nn.Module]
   padding: str
   zero_init_residual: bool = True
+  dilation: int = 1  # of every 3x3 conv in the block (dilated stages, output_stride < 32)
 
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
-                  padding=_conv_padding(3, self.padding), name="conv_0")(x)
+    dilation = (self.dilation, self.dilation)
+    padding = _conv_padding(3, self.padding, self.dilation)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), kernel_dilation=dilation,
+                  padding=padding, name="conv_0")(x)
     y = nn.relu(self.norm(name="bn_0")(y))
-    y = self.conv(self.filters, (3, 3), padding=_conv_padding(3, self.padding), name="conv_1")(y)
+    y = self.conv(self.filters, (3, 3), kernel_dilation=dilation, padding=padding,
+                  name="conv_1")(y)
     y = self.norm(name="bn_1", scale_init=_last_scale_init(self.zero_init_residual))(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
@@ -113,7 +147,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet v1.5 encoder returning globally average-pooled float32 features.
+  """ResNet v1.5 encoder returning globally average-pooled float32 features (or the feature map).
 
   Attributes:
     depth: 18, 34, 50, 101, 152 or 200.
@@ -127,6 +161,12 @@ class ResNet(nn.Module):
     small_images: CIFAR-style stem (3x3 stride-1 conv, no max-pool) for inputs of ~32 px.
     zero_init_residual: zero-init the last BN scale of every block (default, as the paper's
       ResNets); False (ones, torchvision's default) learns much faster in short runs.
+    output_stride: 32 (standard), 16 (last stage dilated 2, stride 1) or 8 (last two stages
+      dilated 2 and 4), named after the standard network's total stride; with
+      ``small_images`` (stride-1 stem, no max-pool) the total stride is output_stride / 4.
+      Parameters are identical for all values, so any encoder checkpoint loads.
+    pooled: True returns (B, C) global-average features; False the (B, h, w, C) feature map,
+      for dense prediction. Both float32.
 
   BatchNorm statistics are means over the batch axis of the *global* array: under ``jax.jit``
   with the batch sharded over a mesh, XLA inserts the cross-device reductions, so statistics are
@@ -143,6 +183,8 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   small_images: bool = False
   zero_init_residual: bool = True
+  output_stride: int = 32
+  pooled: bool = True
 
   @property
   def num_features(self) -> int:
@@ -156,6 +198,8 @@ class ResNet(nn.Module):
     if self.padding not in PADDING_MODES:
       raise ValueError(f"ResNet padding {self.padding!r} is not supported; choose one of "
                        f"{PADDING_MODES}.")
+    stage_sizes = tuple(self.stage_sizes or STAGE_SIZES[self.depth])
+    stage_plan = stage_strides_and_dilations(len(stage_sizes), self.output_stride)
     dtype = jnp.dtype(self.dtype)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                              kernel_init=conv_kernel_init, padding="VALID")
@@ -165,7 +209,6 @@ class ResNet(nn.Module):
     block_cls = BottleneckBlock if self.depth in BOTTLENECK_DEPTHS else BasicBlock
     if self.remat:
       block_cls = nn.remat(block_cls)
-    stage_sizes = tuple(self.stage_sizes or STAGE_SIZES[self.depth])
     width = self.base_width * self.width_multiplier
 
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
@@ -181,10 +224,11 @@ class ResNet(nn.Module):
       pool_padding = "SAME" if self.padding == "same" else ((1, 1), (1, 1))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pool_padding)
 
-    for stage, num_blocks in enumerate(stage_sizes):
+    for stage, (num_blocks, (stage_stride, dilation)) in enumerate(zip(stage_sizes, stage_plan)):
       for index in range(num_blocks):
-        strides = 2 if stage > 0 and index == 0 else 1
+        strides = stage_stride if index == 0 else 1
         x = block_cls(filters=width * 2**stage, strides=strides, conv=conv, norm=norm,
                       padding=self.padding, zero_init_residual=self.zero_init_residual,
-                      name=f"block_group_{stage}_block_{index}")(x)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+                      dilation=dilation, name=f"block_group_{stage}_block_{index}")(x)
+    x = x.astype(jnp.float32)
+    return jnp.mean(x, axis=(1, 2)) if self.pooled else x

@@ -1,0 +1,318 @@
+"""``config.job = 'segmentation'``: semantic-segmentation transfer (PASCAL VOC 2012, Cityscapes),
+scored by mean intersection-over-union.
+
+Protocol (method.md section 5; BYOL appendix D.4, which ReLICv2 follows): FCN-16s, i.e. the
+pretrained encoder with its last stage dilated (stride 1, dilation 2; ``output_stride``), two
+3x3 convolutions of 256 channels with dilation 6, each with BatchNorm and ReLU, and a 1x1
+classifier, upsampled bilinearly to the image (relic/models/segmentation.py). The whole network
+trains with a per-pixel softmax cross-entropy (void pixels, 255, ignored) on random rescalings
+(0.5-2x), 513 px crops and flips (relic/data/segmentation.py); SGD with momentum 0.9, weight
+decay 1e-4 on kernels, batch 16, 30,000 steps, the rate multiplied by 0.1 at 70% and 90% of
+training. Inference on the 513 x 513 central crop (padding, void, where the image is smaller).
+BatchNorm statistics are over the global batch, as everywhere in relic.
+
+Rate sweep (``segmentation.lr_grid``; BYOL sweeps 5 log-spaced rates in [1e-3, 1e-1]): every
+rate is a full run on the training split minus its first ``holdout_examples`` images (2119, as
+BYOL's held-out set), scored by mIoU on them; the best rate is then trained on the whole split
+and scored on ``eval_split``. Every run checkpoints in its own directory and resumes there
+(also after SIGTERM: the step is saved and the job exits 0); finished sweep runs are not
+repeated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from relic import checkpoint, optim, parallel, preemption
+from relic.config import ConfigError
+from relic.data import pipeline, segmentation as seg_data
+from relic.evaluators import segmentation as seg_eval
+from relic.evaluators.progress import Progress
+from relic.jobs import eval_pretrained, eval_results
+from relic.jobs.finetune import FinetuneState, check_resume
+from relic.metrics import MetricsLogger
+from relic.models.resnet import OUTPUT_STRIDES
+from relic.models.segmentation import FCNHead, SegmentationNet
+
+SWEEP_DIR = "sweep"
+RUN_RESULT = "run_result.json"
+_RESUME_FIELDS = ("dataset", "train_split", "crop_size", "min_scale", "max_scale",
+                  "output_stride", "head_channels", "head_dilation", "batch_size", "num_steps",
+                  "lr_decay_at", "momentum", "weight_decay")
+
+
+def validate(config) -> None:
+  """Settings and data, before any compute."""
+  eval_pretrained.check_pretrained(config)
+  s = config.segmentation
+
+  def require(ok: bool, field: str, problem: str, fix: str) -> None:
+    if not ok:
+      raise ConfigError(f"config.segmentation.{field}: {problem}. Fix: {fix}.")
+
+  require(s.batch_size > 0 and s.batch_size % jax.device_count() == 0, "batch_size",
+          f"must be a positive multiple of the {jax.device_count()} devices, got {s.batch_size}",
+          f"use e.g. {max(16, jax.device_count())}")
+  require(s.num_steps > 0, "num_steps", f"must be > 0, got {s.num_steps}", "use e.g. 30000")
+  require(s.crop_size > 0, "crop_size", f"must be > 0, got {s.crop_size}", "use e.g. 513")
+  require(len(s.eval_size) == 2 and all(v > 0 for v in s.eval_size), "eval_size",
+          f"must be (height, width) > 0, got {s.eval_size}", "use e.g. (513, 513)")
+  require(0 < s.min_scale <= s.max_scale, "min_scale",
+          f"need 0 < min_scale <= max_scale, got {s.min_scale}, {s.max_scale}", "use 0.5, 2.0")
+  require(s.output_stride in OUTPUT_STRIDES, "output_stride",
+          f"{s.output_stride} is not supported", f"choose one of {sorted(OUTPUT_STRIDES)}")
+  require(s.head_channels > 0 and s.head_dilation > 0, "head_channels",
+          f"need head_channels > 0 and head_dilation > 0, got {s.head_channels}, "
+          f"{s.head_dilation}", "use 256 and 6")
+  require(s.base_lr > 0 and all(lr > 0 for lr in s.lr_grid), "lr_grid",
+          f"rates must be positive, got base_lr={s.base_lr}, lr_grid={s.lr_grid}",
+          "use positive rates")
+  require(all(0 < f < 1 for f in s.lr_decay_at) and list(s.lr_decay_at) == sorted(s.lr_decay_at),
+          "lr_decay_at", f"need increasing fractions in (0, 1), got {s.lr_decay_at}",
+          "use e.g. (0.7, 0.9)")
+  require(s.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {s.keep_checkpoints}",
+          "use e.g. 2")
+  seg_data.check(config)
+  if len(s.lr_grid) > 1:
+    num_train = seg_data.num_examples(config, s.train_split)
+    require(0 < s.holdout_examples < num_train, "holdout_examples",
+            f"a hold-out of {s.holdout_examples} needs 0 < N < the {num_train} training images",
+            "lower it, or give a single rate")
+
+
+def make_net(encoder, config, num_classes: int) -> SegmentationNet:
+  """The FCN on ``encoder``'s architecture (the pretrained checkpoint's, which may differ from
+  ``config.model``'s defaults), its last stage(s) dilated."""
+  s = config.segmentation
+  dilated = encoder.clone(output_stride=s.output_stride, pooled=False)
+  return SegmentationNet(encoder=dilated, head=FCNHead(
+      num_classes=num_classes, channels=s.head_channels, dilation=s.head_dilation,
+      dtype=encoder.dtype, bn_momentum=encoder.bn_momentum, bn_epsilon=encoder.bn_epsilon))
+
+
+def pixel_cross_entropy(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy over the scored pixels (class id in [0, C), valid example)."""
+  num_classes = logits.shape[-1]
+  scored = ((mask >= 0) & (mask < num_classes) & valid[:, None, None]).astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.clip(mask, 0, num_classes - 1))
+  return jnp.sum(ce * scored) / jnp.maximum(jnp.sum(scored), 1.0)
+
+
+def make_schedule(config, base_lr: float):
+  """Constant ``base_lr``, times 0.1 at each fraction of ``lr_decay_at`` of the steps."""
+  s = config.segmentation
+  return optax.piecewise_constant_schedule(
+      base_lr, {int(round(f * s.num_steps)): 0.1 for f in s.lr_decay_at})
+
+
+def make_optimizer(config, base_lr: float):
+  s = config.segmentation
+  schedule = make_schedule(config, base_lr)
+  return optax.chain(optax.add_decayed_weights(s.weight_decay, mask=optim.weight_decay_mask),
+                     optax.sgd(schedule, momentum=s.momentum or None)), schedule
+
+
+def make_train_step(net: nn.Module, optimizer, schedule):
+  """``(state, batch) -> (state, metrics)`` on global arrays (BN statistics are global)."""
+  def step(state: FinetuneState, batch: dict):
+    def loss_fn(params):
+      logits, updates = net.apply({"params": params, "batch_stats": state.batch_stats},
+                                  batch["image"], train=True, mutable=["batch_stats"])
+      return pixel_cross_entropy(logits, batch["mask"], batch["valid"]), updates["batch_stats"]
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return (FinetuneState(step=state.step + 1, params=params, batch_stats=stats,
+                          opt_state=opt_state),
+            {"loss": loss, "learning_rate": schedule(state.step)})
+
+  return step
+
+
+def init_state(net: SegmentationNet, variables: dict, optimizer, config) -> FinetuneState:
+  """Pretrained encoder weights and statistics, a freshly initialised head."""
+  size = config.segmentation.crop_size
+  shapes = jax.eval_shape(lambda: net.init(jax.random.key(config.seed),
+                                           jnp.zeros((1, size, size, 3)), train=False))
+  head_input = jnp.zeros((1, 8, 8, net.encoder.num_features))
+  head = net.head.init(jax.random.key(config.seed), head_input, train=False)
+  params = {"encoder": variables["params"], "head": head["params"]}
+  stats = {"encoder": variables["batch_stats"], "head": head["batch_stats"]}
+  expected = jax.tree_util.tree_structure(shapes["params"])
+  if jax.tree_util.tree_structure(params) != expected:
+    raise ValueError("The pretrained encoder's parameters do not fit the segmentation network.")
+  return FinetuneState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                       opt_state=optimizer.init(params))
+
+
+def train(config, run_dir: str, net: SegmentationNet, variables: dict, info: dict[str, Any],
+          split: str, base_lr: float, mesh) -> FinetuneState | None:
+  """One run on ``split`` at ``base_lr``; checkpoints and resumes in ``run_dir``. None when
+  stopped by a signal (the step is saved; the same command resumes)."""
+  s = config.segmentation
+  process_batch = parallel.check_batch_size(s.batch_size, mesh, "segmentation.batch_size")
+  optimizer, schedule = make_optimizer(config, base_lr)
+  state = parallel.replicate(init_state(net, variables, optimizer, config), mesh)
+  ckpt = checkpoint.Checkpointer(run_dir, keep=s.keep_checkpoints)
+  start = 0
+  if ckpt.latest_step() is not None:
+    tree, meta = ckpt.restore(state.to_dict())
+    check_resume(meta, config, info, base_lr, "segmentation", _RESUME_FIELDS)
+    state = state.replace_from_dict(tree)
+    start = int(state.step)
+    logging.info("Resumed segmentation training in %s at step %d/%d.", run_dir, start,
+                 s.num_steps)
+  if start >= s.num_steps:
+    ckpt.close()
+    return state
+  logging.info("Segmentation training on %s: %d steps of batch %d at rate %g.", split,
+               s.num_steps, s.batch_size, base_lr)
+  replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  step_fn = jax.jit(make_train_step(net, optimizer, schedule),
+                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                    donate_argnums=0)
+  batches = pipeline.device_prefetch(
+      seg_data.train_batches(config, batch_size=process_batch, seed=config.seed,
+                             start_step=start, split=split),
+      mesh, config.data.prefetch_to_device)
+  logger = MetricsLogger(run_dir, total_steps=s.num_steps, global_batch_size=s.batch_size)
+  meta = {"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"],
+          "base_lr": base_lr}
+  guard = preemption.PreemptionGuard().install()
+  try:
+    for step in range(start, s.num_steps):
+      if step == start + 1:
+        logger.start(step)
+      state, metrics = step_fn(state, next(batches))
+      done = step + 1
+      if done % max(s.log_every_steps, 1) == 0 or done == s.num_steps:
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics["loss"]):
+          raise FloatingPointError(f"Segmentation training diverged (loss {metrics['loss']}) at "
+                                   f"step {done} with rate {base_lr}; the last checkpoint is "
+                                   f"kept. Fix: lower segmentation.base_lr.")
+        logger.write(done, metrics)
+      stop = guard.should_stop(done)
+      if done % max(s.checkpoint_every_steps, 1) == 0 or done == s.num_steps or stop:
+        ckpt.save(done, state.to_dict(), extra_json=meta)
+      if stop:
+        logging.warning("Stopping (signal %s): checkpoint of step %d written; rerun the same "
+                        "command to resume.", guard.received_signal, done)
+        return None
+  finally:
+    guard.uninstall()
+    batches.close()
+    ckpt.close()
+    logger.close()
+  return state
+
+
+@functools.lru_cache(maxsize=8)
+def logits_fn(net: SegmentationNet):
+  """``(variables, images) -> logits`` in inference mode; one function object per network, so
+  every evaluation of a sweep reuses one compiled computation."""
+  return lambda variables, images: net.apply(variables, images, train=False)
+
+
+def evaluate(config, net: SegmentationNet, state: FinetuneState, split: str, mesh,
+             what: str) -> dict[str, Any]:
+  """mIoU, per-class IoU and pixel accuracy over every image of ``split``."""
+  s = config.segmentation
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  num_classes = seg_data.num_classes(config)
+  batches = seg_data.eval_batches(config, split=split,
+                                  batch_size=s.batch_size // jax.process_count())
+  confusion = seg_eval.confusion_matrix(
+      logits_fn(net), variables, batches, mesh, num_classes,
+      progress=Progress(f"{what} ({split})", seg_data.num_examples(config, split)))
+  return {**seg_eval.scores(confusion, seg_data.class_names(config)),
+          "num_images": seg_data.num_examples(config, split)}
+
+
+def _sweep(config, workdir: str, net, variables, info, mesh) -> tuple[float, list[dict]] | None:
+  s = config.segmentation
+  n = s.holdout_examples
+  fit, holdout = f"{s.train_split}[{n}:]", f"{s.train_split}[:{n}]"
+  scores = []
+  for base_lr in s.lr_grid:
+    run_dir = epath.Path(workdir) / SWEEP_DIR / f"lr_{base_lr:g}"
+    done_file = run_dir / RUN_RESULT
+    if done_file.exists():
+      score = json.loads(done_file.read_text())
+    else:
+      state = train(config, str(run_dir), net, variables, info, fit, float(base_lr), mesh)
+      if state is None:
+        return None
+      result = evaluate(config, net, state, holdout, mesh, "hold-out")
+      score = {"base_lr": float(base_lr), "holdout_miou": result["miou"],
+               "holdout_split": holdout, "num_holdout": result["num_images"]}
+      if jax.process_index() == 0:
+        done_file.write_text(json.dumps(score))
+    scores.append(score)
+    logging.info("Sweep: rate %g -> hold-out mIoU %.2f%%.", base_lr, score["holdout_miou"])
+  best = min(scores, key=lambda r: (-np.nan_to_num(r["holdout_miou"], nan=-1.0),
+                                    r["base_lr"]))["base_lr"]
+  return best, scores
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  s = config.segmentation
+  encoder, variables, info = eval_pretrained.load_pretrained(config)
+  mesh = parallel.make_mesh()
+  num_classes = seg_data.num_classes(config)
+  net = make_net(encoder, config, num_classes)
+  base_lr, sweep = float(s.base_lr), []
+  if len(s.lr_grid) > 1:
+    swept = _sweep(config, workdir, net, variables, info, mesh)
+    if swept is None:
+      return {}
+    base_lr, sweep = swept
+  elif len(s.lr_grid) == 1:
+    base_lr = float(s.lr_grid[0])
+  state = train(config, workdir, net, variables, info, s.train_split, base_lr, mesh)
+  if state is None:
+    return {}
+  test = evaluate(config, net, state, s.eval_split, mesh, "evaluation")
+  results = {
+      "protocol": "segmentation", "encoder": info,
+      "data": {"dataset": s.dataset, "train_split": s.train_split, "eval_split": s.eval_split,
+               "num_classes": num_classes,
+               "num_train": seg_data.num_examples(config, s.train_split)},
+      "selected": {"base_lr": base_lr}, "sweep": sweep, "test": test,
+      "settings": {k: checkpoint.config_to_json(config)["segmentation"][k]
+                   for k in _RESUME_FIELDS + ("eval_size",)},
+  }
+  eval_results.write_results(workdir, results, results_markdown(results))
+  return results
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+  data, test = results["data"], results["test"]
+  lines = [f"# Segmentation: {results['encoder']['architecture']} from "
+           f"{results['encoder']['path']}", "",
+           f"FCN-{results['settings']['output_stride']}s trained on {data['dataset']} "
+           f"{data['train_split']} ({data['num_train']} images) at rate "
+           f"{results['selected']['base_lr']:g}.", "",
+           f"{data['eval_split']} ({test['num_images']} images): **mIoU {test['miou']:.2f}%**, "
+           f"pixel accuracy {test['pixel_accuracy']:.2f}%.", "",
+           eval_results.table(["class", "IoU (%)"], [
+               [name, float("nan") if iou is None else iou]
+               for name, iou in test["per_class_iou"].items()])]
+  if results["sweep"]:
+    rows = [[f"{r['base_lr']:g}" + (" (selected)" if r["base_lr"] == results["selected"]["base_lr"]
+                                     else ""), r["holdout_miou"]] for r in results["sweep"]]
+    lines += [f"Rate selection on {results['sweep'][0]['holdout_split']}:", "",
+              eval_results.table(["rate", "hold-out mIoU (%)"], rows)]
+  return "\n".join(lines)

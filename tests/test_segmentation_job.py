@@ -1,0 +1,204 @@
+"""Segmentation transfer: the mIoU counts against NumPy, the loss and schedule, and the job end
+to end on the built-in dataset (object masks) with 8 simulated devices, resumed and swept."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from etils import epath
+
+from relic import checkpoint, config as config_lib, encoder_checkpoint, parallel, preemption
+from relic import workdir as workdir_lib
+from relic.config import ConfigError
+from relic.data import segmentation as seg_data
+from relic.evaluators import segmentation as seg_eval
+from relic.jobs import eval_pretrained, segmentation as seg_job
+from relic.jobs.eval_results import read_results
+from relic.main import run as run_job
+from relic.models import encoder_from_config
+
+
+def _numpy_confusion(logits, mask, valid, num_classes):
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  predicted = logits.argmax(-1)
+  for b in range(len(mask)):
+    if not valid[b]:
+      continue
+    for t, p in zip(mask[b].ravel(), predicted[b].ravel()):
+      if t < num_classes:
+        confusion[t, p] += 1
+  return confusion
+
+
+def test_confusion_matrix_is_exact_over_padded_sharded_batches():
+  rng = np.random.default_rng(0)
+  num_classes, batch, size = 5, 16, 6
+  batches, expected = [], np.zeros((num_classes, num_classes), np.int64)
+  for i in range(3):
+    logits = rng.normal(size=(batch, size, size, num_classes)).astype(np.float32)
+    mask = rng.integers(0, num_classes - 1, size=(batch, size, size)).astype(np.int32)  # no 4
+    mask[rng.random(mask.shape) < 0.2] = 255                     # void pixels
+    valid = np.arange(batch) < (batch if i < 2 else 5)            # a padded last batch
+    batches.append({"image": logits, "mask": mask, "valid": valid})
+    expected += _numpy_confusion(logits, mask, valid, num_classes)
+  mesh = parallel.make_mesh()
+  confusion = seg_eval.confusion_matrix(lambda v, images: images, {}, batches, mesh, num_classes)
+  np.testing.assert_array_equal(confusion, expected)
+
+  result = seg_eval.scores(confusion, [f"c{c}" for c in range(num_classes)])
+  tp = np.diag(expected)
+  union = expected.sum(0) + expected.sum(1) - tp
+  present = union > 0
+  assert result["miou"] == pytest.approx(100 * np.mean(tp[present] / union[present]))
+  assert result["pixel_accuracy"] == pytest.approx(100 * tp.sum() / expected.sum())
+  assert result["num_pixels"] == int(expected.sum())
+  # Class 4 never occurs in the masks but is predicted: IoU 0, and it counts in the mean.
+  assert result["per_class_iou"]["c4"] == 0.0
+
+
+def test_scores_skip_classes_absent_from_truth_and_predictions():
+  confusion = np.array([[3, 1, 0], [0, 4, 0], [0, 0, 0]])
+  result = seg_eval.scores(confusion)
+  assert result["per_class_iou"]["2"] is None
+  assert result["miou"] == pytest.approx(100 * (3 / 4 + 4 / 5) / 2)
+
+
+def test_pixel_cross_entropy_ignores_void_and_padding():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(3, 4, 4, 5)).astype(np.float32)
+  mask = rng.integers(0, 5, size=(3, 4, 4)).astype(np.int32)
+  mask[0, :2] = 255
+  valid = np.array([True, True, False])
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  keep = (mask < 5) & valid[:, None, None]
+  expected = -np.mean(np.take_along_axis(log_probs, np.minimum(mask, 4)[..., None], -1)[..., 0][keep])
+  loss = seg_job.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(mask), jnp.asarray(valid))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_rate_is_divided_by_ten_at_70_and_90_percent():
+  config = config_lib.base_config()
+  config.segmentation.update(dict(num_steps=100, lr_decay_at=(0.7, 0.9)))
+  schedule = seg_job.make_schedule(config, 0.02)
+  rates = [float(schedule(s)) for s in (0, 69, 70, 89, 90, 99)]
+  np.testing.assert_allclose(rates, [0.02, 0.02, 0.002, 0.002, 0.0002, 0.0002], rtol=1e-6)
+
+
+TINY_MODEL = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True)
+NUM_TRAIN, NUM_TEST = 64, 20      # 20 test images: not a multiple of the global batch (8)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> str:
+  """A relic workdir with one checkpoint of a tiny encoder (NumPy weights, as pretraining
+  writes it)."""
+  from tests.test_eval_jobs import numpy_variables
+  workdir = tmp_path_factory.mktemp("pretrained")
+  config = config_lib.base_config()
+  config.model.update(TINY_MODEL)
+  variables = numpy_variables(encoder_from_config(config.model))
+  state = {"online_params": {"encoder": variables["params"]},
+           "online_batch_stats": {"encoder": variables["batch_stats"]}, "step": np.int32(3)}
+  workdir_lib.write_config(config, str(workdir))
+  with checkpoint.Checkpointer(workdir, keep=1, async_save=False) as ckpt:
+    ckpt.save(3, state, extra_json={"config": checkpoint.config_to_json(config)})
+  return str(workdir)
+
+
+def segmentation_config(pretrained: str, **overrides):
+  config = config_lib.base_config()
+  config.job = "segmentation"
+  config.pretrained = pretrained
+  config.data.builtin.update(dict(num_train=NUM_TRAIN, num_test=NUM_TEST, image_size=32))
+  config.segmentation.update(dict(dataset="builtin", train_split="train", eval_split="test",
+                                  crop_size=32, eval_size=(32, 32), batch_size=8, num_steps=4,
+                                  base_lr=0.05, log_every_steps=1, checkpoint_every_steps=2))
+  config.segmentation.update(overrides)
+  return config
+
+
+def _restore(run_dir, step: int) -> dict:
+  import orbax.checkpoint as ocp
+  step_dir = epath.Path(run_dir) / "checkpoints" / str(step) / "state"
+  handler = ocp.PyTreeCheckpointHandler()
+  metadata = handler.metadata(step_dir).tree
+  tree = handler.restore(step_dir, args=ocp.args.PyTreeRestore(restore_args=jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)))
+  handler.close()
+  return tree
+
+
+def test_segmentation_job_sweeps_trains_and_scores_miou(pretrained, tmp_path):
+  config = segmentation_config(pretrained, lr_grid=(0.05, 0.01), holdout_examples=16)
+  run_job(config, str(tmp_path))
+  results = read_results(str(tmp_path))
+  # The sweep: each rate trained on train[16:], scored by mIoU on the first 16 images.
+  assert [r["base_lr"] for r in results["sweep"]] == [0.05, 0.01]
+  assert all(r["holdout_split"] == "train[:16]" and r["num_holdout"] == 16
+             for r in results["sweep"])
+  best = min(results["sweep"], key=lambda r: (-r["holdout_miou"], r["base_lr"]))
+  assert results["selected"]["base_lr"] == best["base_lr"]
+  test = results["test"]
+  assert test["num_images"] == NUM_TEST and len(test["per_class_iou"]) == 11
+  assert test["num_pixels"] == NUM_TEST * 32 * 32       # built-in masks have no void pixels
+
+  # The reported mIoU, recomputed without the job's sharded counting: the final checkpoint
+  # (step 4) applied image by image, the confusion matrix counted in NumPy.
+  state = _restore(tmp_path, 4)
+  encoder, _, _ = eval_pretrained.load_pretrained(config)
+  net = seg_job.make_net(encoder, config, 11)
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  confusion = np.zeros((11, 11), np.int64)
+  for batch in seg_data.eval_batches(config, split="test", batch_size=8):
+    logits = np.asarray(net.apply(variables, batch["image"], train=False))
+    confusion += _numpy_confusion(logits, batch["mask"], batch["valid"], 11)
+  assert test["miou"] == pytest.approx(seg_eval.scores(confusion)["miou"], abs=1e-4)
+  assert "**mIoU" in (tmp_path / "results.md").read_text()
+  # The encoder was trained (its first conv moved away from the pretrained weights).
+  _, start = encoder_checkpoint.restore_encoder(pretrained)
+  assert not np.allclose(state["params"]["encoder"]["conv_init"]["kernel"],
+                         start["params"]["conv_init"]["kernel"])
+  # Rerunning the command trains nothing and reports the same numbers.
+  run_job(config, str(tmp_path))
+  assert read_results(str(tmp_path))["test"] == test
+
+
+def test_interrupted_segmentation_run_resumes_to_the_same_weights(pretrained, tmp_path,
+                                                                   monkeypatch):
+  config = segmentation_config(pretrained, checkpoint_every_steps=100)
+  encoder, variables, info = eval_pretrained.load_pretrained(config)
+  net = seg_job.make_net(encoder, config, 11)
+  mesh = parallel.make_mesh()
+  whole = seg_job.train(config, str(tmp_path / "whole"), net, variables, info, "train", 0.05,
+                        mesh)
+  # A SIGTERM at step 2: the step is saved and train() returns None; the rerun resumes.
+  monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", lambda self, step: step == 2)
+  assert seg_job.train(config, str(tmp_path / "cut"), net, variables, info, "train", 0.05,
+                       mesh) is None
+  with checkpoint.Checkpointer(tmp_path / "cut", keep=2) as ckpt:
+    assert ckpt.latest_step() == 2
+  monkeypatch.undo()
+  resumed = seg_job.train(config, str(tmp_path / "cut"), net, variables, info, "train", 0.05,
+                          mesh)
+  for a, b in zip(jax.tree.leaves(jax.device_get(whole.to_dict())),
+                  jax.tree.leaves(jax.device_get(resumed.to_dict()))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("output_stride", 4, "output_stride: 4 is not supported"),
+    ("batch_size", 12, "multiple of the 8 devices"),
+    ("lr_decay_at", (0.9, 0.7), "increasing fractions"),
+])
+def test_bad_settings_fail_before_compute(pretrained, tmp_path, field, value, message):
+  config = segmentation_config(pretrained, **{field: value})
+  with pytest.raises(ConfigError, match=message):
+    run_job(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_missing_voc_folder_fails_before_compute(pretrained, tmp_path):
+  config = segmentation_config(pretrained, dataset="voc2012", path=str(tmp_path / "nowhere"),
+                               train_split="train_aug", eval_split="val")
+  with pytest.raises(ConfigError, match="nowhere"):
+    run_job(config, str(tmp_path / "run"))
