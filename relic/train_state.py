@@ -1,4 +1,4 @@
-"""The pretraining state: one dataclass holding everything a resumed run needs."""
+"""Training states: one dataclass per kind of run, holding everything a resumed run needs."""
 
 from __future__ import annotations
 
@@ -72,3 +72,19 @@ def create_train_state(rng: jax.Array, *, online: RelicNetwork, target: RelicNet
       probe_opt_state=probe_optimizer.init(probe_params),
       rng=state_rng,
   )
+
+
+@flax.struct.dataclass
+class FinetuneState:
+  """Whole-network supervised training (fine-tuning, segmentation transfer): step, encoder +
+  head parameters and BN statistics, optimiser state."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  def to_dict(self) -> dict[str, Any]:
+    return flax.serialization.to_state_dict(self)
+
+  def replace_from_dict(self, tree: dict[str, Any]) -> "FinetuneState":
+    return flax.serialization.from_state_dict(self, tree)

@@ -1,5 +1,6 @@
 """The experiment scripts: every ablation setting is a valid config and the summary is right;
-the step benchmark's sweep selection and its results file kept up to date setting by setting."""
+the step benchmark's sweep selection and its results file kept up to date setting by setting;
+the segmentation-step benchmark end to end on a tiny encoder."""
 
 import importlib.util
 import json
@@ -107,3 +108,16 @@ def test_bench_sweep_selects_settings_and_keeps_each_finished_one(tmp_path, monk
   assert records[1]["error"] == "timed out after 1s"
   assert [r["name"] for r in json.loads(out.read_text())] == [
       "first", "sweep_r50_b64_bfloat16_remat_off"]
+
+
+def test_segmentation_step_benchmark_measures_the_jobs_step():
+  from experiments import bench_segmentation
+  args = ["--tiny", "--steps", "2", "--warmup", "1", "--per_device_batch", "1"]
+  dilated = bench_segmentation.run(bench_segmentation.parse_args(args))
+  plain = bench_segmentation.run(bench_segmentation.parse_args(args + ["--output_stride", "32"]))
+  assert dilated["global_batch"] == 8 and dilated["crop"] == 64       # 8 simulated devices
+  assert dilated["images_per_s"] > 0 and dilated["peak_memory_bytes"] > 0
+  assert 2.0 < dilated["loss"] < 5.0                                   # about ln(21) at init
+  # The dilated last stage runs on a 2x larger feature map: more FLOPs per image.
+  assert dilated["flops_per_image"] > 1.2 * plain["flops_per_image"]
+  assert dilated["mfu"] is None                                        # no CPU peak

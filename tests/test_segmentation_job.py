@@ -8,6 +8,7 @@ import pytest
 from etils import epath
 
 from relic import checkpoint, config as config_lib, encoder_checkpoint, parallel, preemption
+from relic import segmentation_step as seg_step
 from relic import workdir as workdir_lib
 from relic.config import ConfigError
 from relic.data import segmentation as seg_data
@@ -72,14 +73,14 @@ def test_pixel_cross_entropy_ignores_void_and_padding():
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   keep = (mask < 5) & valid[:, None, None]
   expected = -np.mean(np.take_along_axis(log_probs, np.minimum(mask, 4)[..., None], -1)[..., 0][keep])
-  loss = seg_job.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(mask), jnp.asarray(valid))
+  loss = seg_step.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(mask), jnp.asarray(valid))
   assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
 def test_rate_is_divided_by_ten_at_70_and_90_percent():
   config = config_lib.base_config()
   config.segmentation.update(dict(num_steps=100, lr_decay_at=(0.7, 0.9)))
-  schedule = seg_job.make_schedule(config, 0.02)
+  schedule = seg_step.make_schedule(config, 0.02)
   rates = [float(schedule(s)) for s in (0, 69, 70, 89, 90, 99)]
   np.testing.assert_allclose(rates, [0.02, 0.02, 0.002, 0.002, 0.0002, 0.0002], rtol=1e-6)
 
@@ -146,7 +147,7 @@ def test_segmentation_job_sweeps_trains_and_scores_miou(pretrained, tmp_path):
   # (step 4) applied image by image, the confusion matrix counted in NumPy.
   state = _restore(tmp_path, 4)
   encoder, _, _ = eval_pretrained.load_pretrained(config)
-  net = seg_job.make_net(encoder, config, 11)
+  net = seg_step.make_net(encoder, config, 11)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   confusion = np.zeros((11, 11), np.int64)
   for batch in seg_data.eval_batches(config, split="test", batch_size=8):
@@ -167,7 +168,7 @@ def test_interrupted_segmentation_run_resumes_to_the_same_weights(pretrained, tm
                                                                    monkeypatch):
   config = segmentation_config(pretrained, checkpoint_every_steps=100)
   encoder, variables, info = eval_pretrained.load_pretrained(config)
-  net = seg_job.make_net(encoder, config, 11)
+  net = seg_step.make_net(encoder, config, 11)
   mesh = parallel.make_mesh()
   whole = seg_job.train(config, str(tmp_path / "whole"), net, variables, info, "train", 0.05,
                         mesh)

@@ -37,7 +37,6 @@ import json
 import math
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +54,7 @@ from relic.jobs.eval_examples import (Examples, dataset_name, eval_data_config,
                                       label_fraction_subset, named_part_problem, split_labels)
 from relic.metrics import MetricsLogger
 from relic.models import LinearHead
+from relic.train_state import FinetuneState
 
 SUBSETS = {"1pct": 0.01, "10pct": 0.1, "full": 0.0}
 TFDS_SUBSET_DATASETS = ("imagenet2012",)   # datasets with SimCLR's lists in tfds
@@ -62,21 +62,6 @@ SWEEP_DIR = "sweep"
 RUN_RESULT = "run_result.json"
 _RESUME_FIELDS = ("subset", "label_fraction", "subset_seed", "batch_size", "num_epochs",
                   "momentum", "weight_decay", "warmup_epochs", "image_size", "head_lr_multiplier")
-
-
-@flax.struct.dataclass
-class FinetuneState:
-  """Step, encoder + head parameters, encoder BN statistics, optimiser state."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-  def to_dict(self) -> dict[str, Any]:
-    return flax.serialization.to_state_dict(self)
-
-  def replace_from_dict(self, tree: dict[str, Any]) -> "FinetuneState":
-    return flax.serialization.from_state_dict(self, tree)
 
 
 def validate(config) -> None:
