@@ -14,6 +14,9 @@ masks to a temporary folder, then measures, on this machine's CPUs:
   * ``host_split``: the same with ``augment_on_device=True`` (crops and masks on the host).
   * ``device_augment_cpu``: the other half of split mode, ``augment_views`` jitted on the CPU
     for every view of an image (on an accelerator it is much faster).
+  * ``segmentation_train``: the segmentation job's training input (relic/data/segmentation.py:
+    decode, random 0.5-2x rescaling with the mask, 513 px crop, flip) on the same photos laid
+    out as a VOC2012 folder, with one object mask per image.
 Prints one JSON line per setting and saves them all to --out.
 """
 
@@ -37,6 +40,7 @@ from PIL import Image  # noqa: E402
 
 from relic import config as config_lib  # noqa: E402
 from relic.data import augment, crops, pipeline, seeds, views  # noqa: E402
+from relic.data import segmentation as seg_data  # noqa: E402
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "JPEG files to write.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Per-process batch size.")
@@ -44,6 +48,7 @@ _SECONDS = flags.DEFINE_float("seconds", 20.0, "Measuring time per setting (afte
 _LARGE = flags.DEFINE_string("large", "4x224", "Large views: NUMxSIZE.")
 _SMALL = flags.DEFINE_string("small", "2x96", "Small views: NUMxSIZE (0x96 for none).")
 _MASK_PROB = flags.DEFINE_float("mask_prob", 0.1, "Probability a large view is masked.")
+_SEG_CROP = flags.DEFINE_integer("segmentation_crop", 513, "Segmentation training crop size.")
 _OUT = flags.DEFINE_string("out", "experiments/results/bench_input.json", "JSON output.")
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
@@ -71,6 +76,36 @@ def write_photos(folder: pathlib.Path, masks: pathlib.Path, num: int) -> None:
     cy, cx = rng.uniform(0.3, 0.7) * size[1], rng.uniform(0.3, 0.7) * size[0]
     inside = ((yy - cy) / (0.3 * size[1])) ** 2 + ((xx - cx) / (0.3 * size[0])) ** 2 < 1
     Image.fromarray((inside * 255).astype(np.uint8)).save(masks / f"{i:05d}.png")
+
+
+def write_voc_layout(root: pathlib.Path, photos: pathlib.Path, masks: pathlib.Path) -> None:
+  """The photos as a VOC2012 folder: JPEGImages/ (links), SegmentationClassAug/ index masks (the
+  saliency ellipse as one of 20 classes, a void ring around it) and a 'train' list."""
+  from scipy import ndimage  # pylint: disable=import-outside-toplevel
+  for sub in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+    (root / sub).mkdir(parents=True)
+  ids = sorted(p.stem for p in photos.glob("*.jpg"))
+  for i, name in enumerate(ids):
+    (root / "JPEGImages" / f"{name}.jpg").symlink_to(photos / f"{name}.jpg")
+    inside = np.asarray(Image.open(masks / f"{name}.png")) > 127
+    ring = ndimage.binary_dilation(inside, iterations=3) & ~inside
+    classes = np.where(inside, 1 + i % 20, 0).astype(np.uint8)
+    classes[ring] = 255
+    Image.fromarray(classes).save(root / "SegmentationClassAug" / f"{name}.png")
+  (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
+
+
+def segmentation_train(root: pathlib.Path, cache: pathlib.Path, seconds: float) -> dict:
+  config = config_lib.base_config()
+  config.data.cache_dir = str(cache)
+  config.segmentation.update(dict(dataset="voc2012", path=str(root), train_split="train",
+                                  eval_split="train",
+                                  crop_size=_SEG_CROP.value))
+  seg_data.check(config)
+  rate, count = measure(seg_data.train_batches(config, batch_size=_BATCH.value, seed=0),
+                        _BATCH.value, seconds)
+  return dict(setting="segmentation_train", crop=_SEG_CROP.value, images_per_s=round(rate, 1),
+              images_per_s_per_core=round(rate / cores(), 1), images=count)
 
 
 def parse_views(text: str) -> tuple[int, int]:
@@ -188,6 +223,8 @@ def main(argv) -> None:
       results.append(dict(setting=name, images_per_s=round(rate, 1),
                           images_per_s_per_core=round(rate / cores(), 1), images=count))
     results.append(device_augment(make_config(folder, masks, cache, True), _SECONDS.value))
+    write_voc_layout(tmp / "voc", folder, masks)
+    results.append(segmentation_train(tmp / "voc", cache, _SECONDS.value))
   by_name = {r["setting"]: r for r in results}
   by_name["host_split"]["speedup_vs_host_all"] = round(
       by_name["host_split"]["images_per_s"] / by_name["host_all"]["images_per_s"], 2)
