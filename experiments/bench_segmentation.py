@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_step import cost_value, memory_fields, peak_flops_per_device, timed
+from experiments.bench_step import cost_value, peak_flops_per_device, peak_memory_bytes, timed
 from relic import config as config_lib, parallel, segmentation_step as seg_step
 from relic.models import encoder_from_config
 
@@ -112,14 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   flops = cost_value(lowered.cost_analysis())
   for _ in range(args.warmup):
     state, metrics = jax.block_until_ready(compiled(state, batch))
-  stats = device.memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    peak_memory, memory_source = int(stats["peak_bytes_in_use"]), "device memory_stats"
-  else:
-    m = memory_fields(compiled)
-    peak_memory = (m["temp_size_in_bytes"] + m["argument_size_in_bytes"] +
-                   m["output_size_in_bytes"] - m["alias_size_in_bytes"]) if m else None
-    memory_source = "compiled memory_analysis (temp+argument+output-alias, per device)"
+  peak_memory, memory_source = peak_memory_bytes(device, compiled)
   times = []
   for _ in range(args.steps):
     (state, metrics), dt = timed(compiled, state, batch)

@@ -362,6 +362,18 @@ def memory_fields(compiled) -> dict[str, Any]:
   return {f: int(getattr(stats, f)) for f in fields}
 
 
+def peak_memory_bytes(device, compiled) -> tuple[int | None, str]:
+  """``(bytes, source)``: the accelerator allocator's peak so far, or on CPU (no allocator
+  statistics) the compiled program's temp + argument + output - alias sizes per device."""
+  memory_stats = device.memory_stats() or {}
+  if "peak_bytes_in_use" in memory_stats:
+    return int(memory_stats["peak_bytes_in_use"]), "device memory_stats"
+  m = memory_fields(compiled)
+  total = (m["temp_size_in_bytes"] + m["argument_size_in_bytes"] + m["output_size_in_bytes"]
+           - m["alias_size_in_bytes"]) if m else None
+  return total, "compiled memory_analysis (temp+argument+output-alias, per device)"
+
+
 def timed(fn, *args) -> tuple[Any, float]:
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
@@ -414,14 +426,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
   for _ in range(args.warmup):
     state, metrics = jax.block_until_ready(compiled(state, batch))
   # Peak memory of the step alone: read before the bare network passes allocate anything.
-  memory_stats = device.memory_stats() or {}
-  if "peak_bytes_in_use" in memory_stats:
-    peak_memory, memory_source = int(memory_stats["peak_bytes_in_use"]), "device memory_stats"
-  else:
-    m = memory_fields(compiled)
-    peak_memory = (m["temp_size_in_bytes"] + m["argument_size_in_bytes"] +
-                   m["output_size_in_bytes"] - m["alias_size_in_bytes"]) if m else None
-    memory_source = "compiled memory_analysis (temp+argument+output-alias, per device)"
+  peak_memory, memory_source = peak_memory_bytes(device, compiled)
 
   # The bare network passes get their own copy of the networks (the step donates, i.e.
   # deletes, the state it is given) and float views, in the same layouts as in the step.

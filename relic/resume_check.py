@@ -85,3 +85,22 @@ def check_resume_compatible(saved_config: Mapping[str, Any] | ml_collections.Con
         "to resume because these fields differ:\n" + "\n".join(differences) +
         "\nFix: resume with the saved values (see config.json in the workdir), or start a new "
         "run in a new --workdir.")
+
+
+def check_run_resume(meta: Mapping[str, Any], config, info: Mapping[str, Any], base_lr: float,
+                     section: str, fields: tuple[str, ...]) -> None:
+  """For evaluation runs that train a pretrained encoder (fine-tuning, segmentation): refuses to
+  resume a run directory written by a different run, i.e. other ``config.<section>.<fields>``,
+  another base rate or another pretrained encoder (``info['fingerprint']``)."""
+  saved = (meta.get("config") or {}).get(section, {})
+  now = config_to_json(config)[section]
+  different = [f"{section}.{f}: saved {saved.get(f)!r}, now {now[f]!r}" for f in fields
+               if f in saved and saved[f] != now[f]]
+  if meta.get("base_lr") not in (None, base_lr):
+    different.append(f"base rate: saved {meta.get('base_lr')}, now {base_lr}")
+  if meta.get("fingerprint") not in (None, info["fingerprint"]):
+    different.append("the encoder at config.pretrained is not the one this run started from")
+  if different:
+    raise ConfigError(f"the run directory holds a different {section} run; refusing to resume "
+                      "because:\n  " + "\n  ".join(different) + "\nFix: use a new --workdir, "
+                      "or resume with the saved settings.")

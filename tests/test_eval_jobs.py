@@ -44,19 +44,24 @@ def numpy_variables(encoder, seed: int = 0) -> dict:
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def write_pretrained(workdir, model: dict, step: int = 7) -> str:
+  """A relic workdir holding one checkpoint of a ``model`` encoder with NumPy weights, in the
+  train-state dict format a pretraining run leaves."""
+  config = config_lib.base_config()
+  config.model.update(model)
+  variables = numpy_variables(encoder_from_config(config.model))
+  state = {"online_params": {"encoder": variables["params"]},
+           "online_batch_stats": {"encoder": variables["batch_stats"]}, "step": np.int32(step)}
+  workdir_lib.write_config(config, str(workdir))
+  with checkpoint.Checkpointer(workdir, keep=1, async_save=False) as ckpt:
+    ckpt.save(step, state, extra_json={"config": checkpoint.config_to_json(config)})
+  return str(workdir)
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> str:
   """A relic workdir holding one checkpoint of a tiny encoder, as pretraining writes it."""
-  workdir = tmp_path_factory.mktemp("pretrained")
-  config = config_lib.base_config()
-  config.model.update(TINY_MODEL)
-  variables = numpy_variables(encoder_from_config(config.model))
-  state = {"online_params": {"encoder": variables["params"]},
-           "online_batch_stats": {"encoder": variables["batch_stats"]}, "step": np.int32(7)}
-  workdir_lib.write_config(config, str(workdir))
-  with checkpoint.Checkpointer(workdir, keep=1, async_save=False) as ckpt:
-    ckpt.save(7, state, extra_json={"config": checkpoint.config_to_json(config)})
-  return str(workdir)
+  return write_pretrained(tmp_path_factory.mktemp("pretrained"), TINY_MODEL)
 
 
 def run(config, workdir: str) -> dict:
@@ -163,7 +168,7 @@ def test_finetune_subset_changes_the_encoder_and_resumes(pretrained, tmp_path):
   with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:
     assert ckpt.latest_step() == 3                       # ceil(2 epochs * 20 / 16)
   _, start = encoder_checkpoint.restore_encoder(pretrained)
-  tuned = _restore_finetuned(tmp_path, step=3)
+  tuned = restore_tree(tmp_path, step=3)
   for group in ("params", "batch_stats"):
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(start[group]),
                                                       jax.tree.leaves(tuned[group]["encoder"]))]
@@ -173,8 +178,8 @@ def test_finetune_subset_changes_the_encoder_and_resumes(pretrained, tmp_path):
   assert again["test"] == results["test"]
 
 
-def _restore_finetuned(workdir, step: int) -> dict:
-  """The fine-tuning state saved at ``step`` (encoder and head), as NumPy arrays."""
+def restore_tree(workdir, step: int) -> dict:
+  """The state a training run (fine-tuning, segmentation) saved at ``step``, as NumPy arrays."""
   import orbax.checkpoint as ocp
   step_dir = epath.Path(workdir) / "checkpoints" / str(step) / "state"
   handler = ocp.PyTreeCheckpointHandler()
@@ -241,7 +246,7 @@ def test_transfer_voc2007_linear_and_finetune_map(pretrained, tmp_path):
 
   # The reported mAP, recomputed from the final checkpoint (step ceil(2 * 16 / 8) = 4) on the
   # test images, with the devkit's targets ("difficult"-only classes ignored).
-  state = _restore_finetuned(workdir / "voc2007" / "finetune", step=4)
+  state = restore_tree(workdir / "voc2007" / "finetune", step=4)
   encoder = encoder_from_config(TINY_MODEL)
   cfg = transfer_datasets.dataset_config(config, transfer_datasets.resolve("voc2007"))
   scores, targets = [], []

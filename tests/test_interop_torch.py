@@ -11,6 +11,7 @@ import pytest
 
 from relic.interop import spec_from_variables, to_torchvision_state_dict
 from relic.models import LinearHead, ResNet
+from tests.numpy_weights import numpy_variables, with_batch_statistics
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -21,40 +22,13 @@ from relic.interop import run_nhwc, to_torch, torch_resnet  # noqa: E402  (needs
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def random_variables(model, rng, size=64):
-  """Kaiming-normal kernels, random BN affine parameters; numpy, so no slow jitted init.
-
-  The last BN scale of each residual branch is kept small, as in trained ResNets, so feature
-  magnitudes stay realistic (a few units) and an absolute tolerance means something.
-  """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-
-  def fill(path, leaf):
-    name, layer = path[-1].key, path[-2].key
-    if name == "kernel":
-      fan_out = np.prod(leaf.shape[:-2]) * leaf.shape[-1]
-      return rng.normal(0, np.sqrt(2 / fan_out), leaf.shape).astype(np.float32)
-    if name == "scale":
-      low = 0.1 if layer in ("bn_2", "bn_1") and "block" in path[-3].key else 0.5
-      return rng.uniform(low, 3 * low, leaf.shape).astype(np.float32)
-    if name in ("bias", "mean"):
-      return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-    return np.ones(leaf.shape, np.float32)  # var
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def relic_encoder(seed=0, **kwargs):
   """A random relic ResNet whose BN statistics are those of a real batch."""
   model = ResNet(**kwargs)
   rng = np.random.default_rng(seed)
-  variables = random_variables(model, rng)
+  variables = numpy_variables(model, jnp.zeros((1, 64, 64, 3)), rng)
   images = rng.uniform(size=(4, 64, 64, 3)).astype(np.float32)
-  # Momentum 0: the running statistics become exactly those of one batch.
-  _, stats = jax.jit(lambda v: model.clone(bn_momentum=0.0).apply(
-      v, images, train=True, mutable=["batch_stats"]))(variables)
-  return model, {"params": variables["params"],
-                 "batch_stats": jax.tree.map(np.asarray, stats["batch_stats"])}
+  return model, with_batch_statistics(model, variables, images)
 
 
 def features(model, variables, images):

@@ -5,18 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from etils import epath
 
 from relic import checkpoint, config as config_lib, encoder_checkpoint, parallel, preemption
 from relic import segmentation_step as seg_step
-from relic import workdir as workdir_lib
 from relic.config import ConfigError
 from relic.data import segmentation as seg_data
 from relic.evaluators import segmentation as seg_eval
 from relic.jobs import eval_pretrained, segmentation as seg_job
 from relic.jobs.eval_results import read_results
 from relic.main import run as run_job
-from relic.models import encoder_from_config
+from tests.test_eval_jobs import TINY_MODEL, restore_tree, write_pretrained
 
 
 def _numpy_confusion(logits, mask, valid, num_classes):
@@ -85,25 +83,12 @@ def test_rate_is_divided_by_ten_at_70_and_90_percent():
   np.testing.assert_allclose(rates, [0.02, 0.02, 0.002, 0.002, 0.0002, 0.0002], rtol=1e-6)
 
 
-TINY_MODEL = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True)
 NUM_TRAIN, NUM_TEST = 64, 20      # 20 test images: not a multiple of the global batch (8)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> str:
-  """A relic workdir with one checkpoint of a tiny encoder (NumPy weights, as pretraining
-  writes it)."""
-  from tests.test_eval_jobs import numpy_variables
-  workdir = tmp_path_factory.mktemp("pretrained")
-  config = config_lib.base_config()
-  config.model.update(TINY_MODEL)
-  variables = numpy_variables(encoder_from_config(config.model))
-  state = {"online_params": {"encoder": variables["params"]},
-           "online_batch_stats": {"encoder": variables["batch_stats"]}, "step": np.int32(3)}
-  workdir_lib.write_config(config, str(workdir))
-  with checkpoint.Checkpointer(workdir, keep=1, async_save=False) as ckpt:
-    ckpt.save(3, state, extra_json={"config": checkpoint.config_to_json(config)})
-  return str(workdir)
+  return write_pretrained(tmp_path_factory.mktemp("pretrained"), TINY_MODEL, step=3)
 
 
 def segmentation_config(pretrained: str, **overrides):
@@ -116,17 +101,6 @@ def segmentation_config(pretrained: str, **overrides):
                                   base_lr=0.05, log_every_steps=1, checkpoint_every_steps=2))
   config.segmentation.update(overrides)
   return config
-
-
-def _restore(run_dir, step: int) -> dict:
-  import orbax.checkpoint as ocp
-  step_dir = epath.Path(run_dir) / "checkpoints" / str(step) / "state"
-  handler = ocp.PyTreeCheckpointHandler()
-  metadata = handler.metadata(step_dir).tree
-  tree = handler.restore(step_dir, args=ocp.args.PyTreeRestore(restore_args=jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)))
-  handler.close()
-  return tree
 
 
 def test_segmentation_job_sweeps_trains_and_scores_miou(pretrained, tmp_path):
@@ -145,7 +119,7 @@ def test_segmentation_job_sweeps_trains_and_scores_miou(pretrained, tmp_path):
 
   # The reported mIoU, recomputed without the job's sharded counting: the final checkpoint
   # (step 4) applied image by image, the confusion matrix counted in NumPy.
-  state = _restore(tmp_path, 4)
+  state = restore_tree(tmp_path, 4)
   encoder, _, _ = eval_pretrained.load_pretrained(config)
   net = seg_step.make_net(encoder, config, 11)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

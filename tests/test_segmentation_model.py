@@ -11,6 +11,7 @@ import pytest
 
 from relic.config import base_config
 from relic.models import FCNHead, ResNet, SegmentationNet, segmentation_net
+from tests.numpy_weights import numpy_variables, with_batch_statistics
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -28,42 +29,13 @@ REPLACE = {16: [False, False, True], 8: [False, True, True]}
 DILATIONS = {16: {"layer4": 2}, 8: {"layer3": 2, "layer4": 4}}
 
 
-def numpy_variables(model, images, rng):
-  """Kaiming-normal kernels, random BN affine parameters, mean 0 / var 1 statistics; numpy,
-  since jitted Flax initialisation takes seconds on a CPU.
-
-  Scales of the last BN of each residual branch are small, as in trained ResNets, so features
-  stay a few units large and absolute tolerances mean something.
-  """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
-
-  def fill(path, leaf):
-    name, layer = path[-1].key, path[-2].key
-    if name == "kernel":
-      fan_out = np.prod(leaf.shape[:-2]) * leaf.shape[-1]
-      return rng.normal(0, np.sqrt(2 / fan_out), leaf.shape).astype(np.float32)
-    if name == "scale":
-      low = 0.1 if layer in ("bn_2", "bn_1") and "block" in path[-3].key else 0.5
-      return rng.uniform(low, 3 * low, leaf.shape).astype(np.float32)
-    if name == "bias":
-      return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-    return (np.ones if name == "var" else np.zeros)(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def random_variables(model, rng, size=64):
   """Random encoder variables whose BN statistics are those of a real batch, computed by the
   *standard* (output stride 32) network, as for a pretrained checkpoint loaded into the dilated
   one."""
-  standard = model.clone(output_stride=32, pooled=True, bn_momentum=0.0)
+  standard = model.clone(output_stride=32, pooled=True)
   images = rng.uniform(size=(4, size, size, 3)).astype(np.float32)
-  variables = numpy_variables(standard, images, rng)
-  # Momentum 0: the running statistics become exactly those of this batch.
-  _, stats = jax.jit(lambda v: standard.apply(v, images, train=True, mutable=["batch_stats"]))(
-      variables)
-  return {"params": variables["params"], "batch_stats": jax.tree.map(np.asarray,
-                                                                       stats["batch_stats"])}
+  return with_batch_statistics(standard, numpy_variables(standard, images, rng), images)
 
 
 def forward(model, variables, images, train=False):

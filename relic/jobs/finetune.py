@@ -32,7 +32,6 @@ repeated.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from typing import Any
@@ -40,14 +39,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from etils import epath
 
-from relic import checkpoint, optim, parallel, schedules
+from relic import checkpoint, finetune_step, parallel, resume_check, schedules
 from relic.config import ConfigError
 from relic.data import pipeline
-from relic.evaluators import accuracy, features as features_lib, linear, multilabel
+from relic.evaluators import accuracy, features as features_lib, multilabel
 from relic.evaluators.progress import Progress
 from relic.jobs import eval_pretrained, eval_results
 from relic.jobs.eval_examples import (Examples, dataset_name, eval_data_config,
@@ -147,99 +145,6 @@ def training_examples(config) -> tuple[Any, Examples, dict[str, Any]]:
       "per_class": counts.tolist()}
 
 
-def make_optimizer(config, total_steps: int, base_lr: float, num_train: int):
-  """SGD + Nesterov with warm-up + cosine; decay on kernels; the head's rate multiplied."""
-  ft = config.finetune
-  peak = base_lr * ft.batch_size / 256.0
-  warmup = (schedules.epochs_to_steps(ft.warmup_epochs, num_train, ft.batch_size)
-            if ft.warmup_epochs > 0 else 0)
-  warmup = min(warmup, total_steps)
-  decay_steps = max(total_steps - warmup, 1)
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    progress = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
-    cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return jnp.where(step < warmup, peak * step / max(warmup, 1), cosine)
-
-  head_only = lambda params: {"encoder": jax.tree.map(lambda _: False, params["encoder"]),
-                              "head": jax.tree.map(lambda _: True, params["head"])}
-  parts = [optax.add_decayed_weights(ft.weight_decay, mask=optim.weight_decay_mask),
-           optax.sgd(schedule, momentum=ft.momentum or None, nesterov=ft.momentum > 0)]
-  if ft.head_lr_multiplier != 1.0:
-    parts.append(optax.masked(optax.scale(ft.head_lr_multiplier), head_only))
-  return optax.chain(*parts), schedule
-
-
-def make_train_step(encoder, num_classes: int, optimizer, schedule, multilabel: bool = False):
-  """``(state, batch) -> (state, metrics)`` on global arrays (BN statistics are global).
-
-  ``multilabel``: targets are the batch's 'labels' (B, C) of 1 / 0 / -1 (ignored), trained
-  one-vs-rest; else 'label' (B,) with a softmax cross-entropy.
-  """
-  head = LinearHead(num_classes)
-
-  def step(state: FinetuneState, batch: dict):
-    valid = batch["valid"].astype(jnp.float32)
-
-    def loss_fn(params):
-      features, updates = encoder.apply(
-          {"params": params["encoder"], "batch_stats": state.batch_stats["encoder"]},
-          batch["image"], train=True, mutable=["batch_stats"])
-      logits = head.apply({"params": params["head"]}, features)
-      if multilabel:
-        loss = linear.multilabel_nll(logits, batch["labels"], valid)
-      else:
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        loss = (ce * valid).sum() / jnp.maximum(valid.sum(), 1.0)
-      return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step)}
-    if not multilabel:
-      correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-      metrics["accuracy"] = 100.0 * (correct * valid).sum() / jnp.maximum(valid.sum(), 1.0)
-    return FinetuneState(step=state.step + 1, params=params, batch_stats={"encoder": stats},
-                         opt_state=opt_state), metrics
-
-  return step
-
-
-@functools.lru_cache(maxsize=8)
-def logits_fn(encoder, num_classes: int):
-  """``(variables, images) -> logits`` in inference mode (running BN statistics); one function
-  per model, so every evaluation of a sweep reuses one compiled computation."""
-  head = LinearHead(num_classes)
-
-  def apply(variables, images):
-    features = encoder.apply({"params": variables["params"]["encoder"],
-                              "batch_stats": variables["batch_stats"]["encoder"]},
-                             images, train=False)
-    return head.apply({"params": variables["params"]["head"]}, features)
-
-  return apply
-
-
-def check_resume(meta: dict[str, Any], config, info: dict[str, Any], base_lr: float,
-                 section: str = "finetune", fields: tuple[str, ...] = _RESUME_FIELDS) -> None:
-  """Refuses to resume a run directory written by a different run: other ``config.<section>``
-  ``fields``, another base rate or another pretrained encoder."""
-  saved = (meta.get("config") or {}).get(section, {})
-  now = checkpoint.config_to_json(config)[section]
-  different = [f"{section}.{f}: saved {saved.get(f)!r}, now {now[f]!r}" for f in fields
-               if f in saved and saved[f] != now[f]]
-  if meta.get("base_lr") not in (None, base_lr):
-    different.append(f"base rate: saved {meta.get('base_lr')}, now {base_lr}")
-  if meta.get("fingerprint") not in (None, info["fingerprint"]):
-    different.append("the encoder at config.pretrained is not the one this run started from")
-  if different:
-    raise ConfigError(f"the run directory holds a different {section} run; refusing to resume "
-                      "because:\n  " + "\n  ".join(different) + "\nFix: use a new --workdir, "
-                      "or resume with the saved settings.")
-
-
 def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_classes: int,
           examples: Examples, base_lr: float, mesh) -> FinetuneState:
   """One fine-tuning run on ``examples`` at ``base_lr``; checkpoints and resumes in ``run_dir``."""
@@ -247,7 +152,7 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
   process_batch = parallel.check_batch_size(ft.batch_size, mesh, "finetune.batch_size")
   num_train = examples.size()
   total = schedules.epochs_to_steps(ft.num_epochs, num_train, ft.batch_size)
-  optimizer, schedule = make_optimizer(config, total, base_lr, num_train)
+  optimizer, schedule = finetune_step.make_optimizer(config, total, base_lr, num_train)
   head = LinearHead(num_classes).init(jax.random.key(config.seed),
                                       jnp.zeros((1, encoder.num_features)))["params"]
   params = {"encoder": variables["params"], "head": head}
@@ -259,7 +164,7 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
   start = 0
   if ckpt.latest_step() is not None:
     tree, meta = ckpt.restore(state.to_dict())
-    check_resume(meta, config, info, base_lr)
+    resume_check.check_run_resume(meta, config, info, base_lr, "finetune", _RESUME_FIELDS)
     state = state.replace_from_dict(tree)
     start = int(state.step)
     logging.info("Resumed fine-tuning in %s at step %d/%d.", run_dir, start, total)
@@ -269,7 +174,7 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
     ckpt.close()
     return state
   replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  step_fn = jax.jit(make_train_step(encoder, num_classes, optimizer, schedule,
+  step_fn = jax.jit(finetune_step.make_train_step(encoder, num_classes, optimizer, schedule,
                                     pipeline.is_multilabel(config)),
                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                     donate_argnums=0)
@@ -310,17 +215,12 @@ def evaluate(config, encoder, state: FinetuneState, num_classes: int, examples: 
   progress = Progress(f"{what} ({examples.describe()})", examples.size())
   if pipeline.is_multilabel(config):
     scores, targets = features_lib.collect_outputs(
-        _jitted_logits(encoder, num_classes), variables, batches, mesh, progress=progress)
+        finetune_step.jitted_logits(encoder, num_classes), variables, batches, mesh, progress=progress)
     value, per_class = multilabel.mean_average_precision(scores, targets)
     return {"num_examples": int(len(targets)), "map": value, "per_class_ap": per_class}
-  counts = accuracy.count_split(logits_fn(encoder, num_classes), variables, batches, mesh,
+  counts = accuracy.count_split(finetune_step.logits_fn(encoder, num_classes), variables, batches, mesh,
                                 progress=progress)
   return accuracy.accuracies(counts)
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_logits(encoder, num_classes: int):
-  return jax.jit(logits_fn(encoder, num_classes))
 
 
 def default_metric(config) -> str:

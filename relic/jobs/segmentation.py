@@ -30,13 +30,12 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from relic import checkpoint, parallel, preemption
+from relic import checkpoint, parallel, preemption, resume_check
 from relic.config import ConfigError
 from relic.data import pipeline, segmentation as seg_data
 from relic.evaluators import segmentation as seg_eval
 from relic.evaluators.progress import Progress
 from relic.jobs import eval_pretrained, eval_results
-from relic.jobs.finetune import check_resume
 from relic.metrics import MetricsLogger
 from relic.models.resnet import OUTPUT_STRIDES
 from relic.models.segmentation import SegmentationNet
@@ -101,7 +100,8 @@ def train(config, run_dir: str, net: SegmentationNet, variables: dict, info: dic
   start = 0
   if ckpt.latest_step() is not None:
     tree, meta = ckpt.restore(state.to_dict())
-    check_resume(meta, config, info, base_lr, "segmentation", _RESUME_FIELDS)
+    resume_check.check_run_resume(meta, config, info, base_lr, "segmentation",
+                                  _RESUME_FIELDS)
     state = state.replace_from_dict(tree)
     start = int(state.step)
     logging.info("Resumed segmentation training in %s at step %d/%d.", run_dir, start,
@@ -163,14 +163,13 @@ def evaluate(config, net: SegmentationNet, state: FinetuneState, split: str, mes
   """mIoU, per-class IoU and pixel accuracy over every image of ``split``."""
   s = config.segmentation
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  num_classes = seg_data.num_classes(config)
+  num_images = seg_data.num_examples(config, split)
   batches = seg_data.eval_batches(config, split=split,
                                   batch_size=s.batch_size // jax.process_count())
   confusion = seg_eval.confusion_matrix(
-      logits_fn(net), variables, batches, mesh, num_classes,
-      progress=Progress(f"{what} ({split})", seg_data.num_examples(config, split)))
-  return {**seg_eval.scores(confusion, seg_data.class_names(config)),
-          "num_images": seg_data.num_examples(config, split)}
+      logits_fn(net), variables, batches, mesh, seg_data.num_classes(config),
+      progress=Progress(f"{what} ({split})", num_images))
+  return {**seg_eval.scores(confusion, seg_data.class_names(config)), "num_images": num_images}
 
 
 def _sweep(config, workdir: str, net, variables, info, mesh) -> tuple[float, list[dict]] | None:
