@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from relic.data.config import data_config
+from relic.data.config import SOURCES, data_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -183,6 +183,8 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=1024,          # global eval batch.
       image_size=0,             # 0 = the probe's.
       max_examples=0,           # per test set, for quick looks (0 = all).
+      # The unpacked objectnet-1.0 folder (not in tfds: objectnet.dev); '' = no ObjectNet.
+      objectnet_path="",
   ))
   config.pretrained = ""        # evaluation jobs: relic workdir, checkpoint or DeepMind pickle.
   config.lock()
@@ -255,8 +257,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.train.num_steps > 0 or config.train.num_epochs > 0, "train.num_epochs",
            "neither num_epochs nor num_steps is positive", "set one of them")
   d = config.data
-  _require(d.source in ("tfds", "folder", "builtin"), "data.source",
-           f"unknown source {d.source!r}", "choose 'tfds', 'folder' or 'builtin'")
+  _require(d.source in SOURCES, "data.source", f"unknown source {d.source!r}",
+           "choose one of " + ", ".join(repr(s) for s in SOURCES))
   _require(0.0 <= d.mask_prob <= 1.0, "data.mask_prob",
            f"must be a probability in [0, 1], got {d.mask_prob}", "use e.g. 0.1, or 0 to disable")
   _require(0.0 <= d.grayscale_prob <= 1.0, "data.grayscale_prob",

@@ -70,7 +70,7 @@ def test_config_is_locked_against_typos():
     ("loss.temperature", 0.0, "must be > 0"),
     ("loss.beta", -1.0, "must be >= 0"),
     ("data.mask_prob", 1.5, r"\[0, 1\]"),
-    ("data.source", "s3", "choose 'tfds'"),
+    ("data.source", "s3", "choose one of 'tfds', 'folder', 'builtin', 'objectnet'"),
     ("data.views.large.num", 0, "at least one large view"),
     ("data.views.small.presets", "AC", "'A'/'B'"),
     ("train.batch_size", 0, "must be > 0"),

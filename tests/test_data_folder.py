@@ -11,7 +11,8 @@ from PIL import Image
 
 from relic import config as config_lib
 from relic.config import ConfigError
-from relic.data import pipeline
+from relic.data import objectnet_classes, pipeline, sources
+from tests import objectnet_data
 
 
 def write(path, array, **kwargs):
@@ -113,3 +114,34 @@ def test_unreadable_data_fails_at_start_instead_of_skipping_forever(tmp_path):
     path.unlink()                                           # then the disk goes away
   with pytest.raises(RuntimeError, match="None of the first 2 examples"):
     pipeline.pretrain_batches(config, batch_size=2, seed=0)
+
+
+def test_objectnet_reads_the_imagenet_classes_only_and_cuts_the_border(tmp_path, caplog):
+  base = objectnet_data.write_objectnet(tmp_path)
+  for path in (base, base / "images"):            # the download folder or its images/ folder
+    config = folder_config(path, source="objectnet", eval_split="test")
+    with caplog.at_level(logging.WARNING):
+      pipeline.check_data_config(config)
+    assert "Only 4 of the 113" in caplog.text       # a partial download is reported
+    assert pipeline.num_classes(config) == 113
+    assert pipeline.num_examples(config, "test") == 8                 # squeegee is not read
+    reader = sources.get_source(config).reader("test", process_index=0, process_count=1,
+                                               with_masks=False)
+    seen = []
+    for index in range(reader.size):
+      example = reader.load(tf.constant(index, tf.int64))
+      image, label = example["image"].numpy(), int(example["label"])
+      folder_index, image_index = int(image[0, 0, 0]), int(image[0, 0, 1])
+      folder = list(objectnet_data.COUNTS)[folder_index]
+      assert label == objectnet_classes.CLASSES.index(folder)
+      # Exactly the photograph: the 2 px red frame is gone and nothing else is.
+      np.testing.assert_array_equal(image, objectnet_data.content(folder_index, image_index))
+      seen.append((folder, image_index))
+    assert sorted(seen) == sorted((f, i) for f, n in objectnet_data.COUNTS.items()
+                                  for i in range(n) if f != "squeegee")
+  batches = list(pipeline.eval_batches(config, split="test[:5]", batch_size=4, image_size=16))
+  assert sum(int(b["valid"].sum()) for b in batches) == 5
+  (tmp_path / "other").mkdir()
+  write(tmp_path / "other" / "squeegee" / "a.png", np.zeros((8, 8, 3), np.uint8))
+  with pytest.raises(ConfigError, match="objectnet-1.0 folder"):
+    pipeline.check_data_config(folder_config(tmp_path / "other", source="objectnet"))

@@ -21,7 +21,7 @@ from relic.jobs import eval_pretrained, eval_transfer_datasets as transfer_datas
 from relic.jobs.eval_results import read_results
 from relic.main import run as run_job
 from relic.models import LinearHead, encoder_from_config
-from tests import voc2007_data
+from tests import objectnet_data, voc2007_data
 
 TINY_MODEL = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True)
 NUM_TRAIN, NUM_TEST = 200, 100    # 100 test images: not a multiple of the global batch (32)
@@ -145,6 +145,49 @@ def test_robustness_scores_the_probe_head_on_test_and_test_ood(probe, tmp_path):
   assert results["sets"]["test"]["top1"] == pytest.approx(probe_results["test"]["top1"])
   assert results["sets"]["test"]["top5"] == pytest.approx(probe_results["test"]["top5"])
   assert (tmp_path / "results.md").exists()
+
+
+def write_imagenet_head(workdir, pretrained: str, bias: np.ndarray) -> str:
+  """A finished 1000-class (ImageNet) linear probe of the ``pretrained`` encoder, as
+  ``linear_probe`` leaves it: kernel ~1e-4 so that ``bias`` decides every prediction."""
+  _, variables = encoder_checkpoint.restore_encoder(pretrained)
+  num_features = encoder_from_config(TINY_MODEL).num_features
+  kernel = 1e-4 * np.random.default_rng(0).normal(size=(num_features, 1000)).astype(np.float32)
+  workdir.mkdir()
+  np.savez(workdir / linear_probe.PROBE_HEAD_NPZ, kernel=kernel, bias=bias.astype(np.float32))
+  (workdir / linear_probe.PROBE_HEAD_JSON).write_text(json.dumps({
+      "num_classes": 1000, "num_features": num_features, "image_size": 32,
+      "selected": {"base_lr": 0.1, "peak_lr": 0.0125, "index": 0},
+      "test": {"top1": 0.0, "top5": 0.0},
+      "encoder": {"path": pretrained, "fingerprint": eval_pretrained.fingerprint(variables)},
+      "data": {"source": "tfds", "dataset": "imagenet2012"}}))
+  return str(workdir)
+
+
+def test_robustness_objectnet_scores_the_imagenet_head_through_class_groups(pretrained, probe,
+                                                                            tmp_path):
+  """The head's biases fix its ranking (tench > digital clock > wok > banana > mitten >
+  backpack), so the expected ObjectNet top-k follows from the image counts. Tench, the head's
+  favourite, stands for no ObjectNet class and must never be predicted."""
+  bias = np.zeros(1000)
+  bias[[0, 530, 909, 954, 658, 414]] = [100.0, 50.0, 40.0, 30.0, 20.0, 10.0]
+  head_dir = write_imagenet_head(tmp_path / "probe", pretrained, bias)
+  config = eval_config("robustness", "")
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.robustness.update(dict(probe=head_dir, batch_size=32, datasets=("objectnet",),
+                                objectnet_path=str(objectnet_data.write_objectnet(tmp_path))))
+  results = run(config, str(tmp_path / "run"))
+  objectnet = results["sets"]["objectnet"]
+  # 8 images: alarm_clock 2, banana 3, chair 2, wok 1 (squeegee's 2 are not ImageNet classes).
+  assert objectnet["num_examples"] == 8
+  assert objectnet["top1"] == 25.0              # every image -> alarm clock (digital clock)
+  assert objectnet["top5"] == 75.0              # alarm clock, wok, banana in the top 5; chair not
+  assert objectnet["mean_per_class"] == 25.0    # alarm_clock 100%, the other 3 classes 0%
+  assert "| objectnet | test | objectnet | 8 |" in (tmp_path / "run" / "results.md").read_text()
+  # A head of another label space (the built-in dataset's 10 classes) is refused up front.
+  config.robustness.probe = probe[0]
+  with pytest.raises(ConfigError, match="1000-class ImageNet head"):
+    run(config, str(tmp_path / "refused"))
 
 
 def test_finetune_subset_changes_the_encoder_and_resumes(pretrained, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from relic import config as config_lib
 from relic import parallel
 from relic.config import ConfigError
+from relic.data import objectnet_classes
 from relic.evaluators import accuracy, class_subsets, label_subsets, linear_heads
 from relic.evaluators import linear, multilabel
 from relic.jobs import eval_pretrained, eval_robustness_sets, eval_transfer_datasets, robustness
@@ -28,6 +29,41 @@ def test_imagenet_r_classes_match_the_imagenet_label_order():
   # Spot checks against hendrycks/imagenet-r: goldfish (1) is in, tench (0) is not.
   assert class_subsets.IMAGENET_R_INDICES[:3] == (1, 2, 4)
   assert 0 not in class_subsets.IMAGENET_R_INDICES
+
+
+def test_objectnet_classes_name_the_right_imagenet_classes():
+  """Every index of the ObjectNet table names, in torchvision's ImageNet category list (the
+  sorted-wnid order of tfds's labels), the ImageNet class ObjectNet's mapping file gives."""
+  pytest.importorskip("torchvision")
+  from torchvision.models._meta import _IMAGENET_CATEGORIES
+  table = objectnet_classes.OBJECTNET_TO_IMAGENET
+  assert len(table) == 113 and objectnet_classes.CLASSES == tuple(sorted(table))
+  for folder, classes in table.items():
+    for index, name in classes:
+      assert _IMAGENET_CATEGORIES[index] == name, (folder, index, name)
+  indices = [i for group in objectnet_classes.IMAGENET_GROUPS for i in group]
+  assert len(indices) == 125 == len(set(indices))      # no ImageNet class in two groups
+  assert dict(table["alarm_clock"]) == {409: "analog clock", 530: "digital clock"}
+  assert objectnet_classes.IMAGENET_GROUPS[objectnet_classes.CLASSES.index("banana")] == (954,)
+
+
+def test_class_groups_score_each_group_by_its_best_class_like_numpy():
+  rng = np.random.default_rng(0)
+  groups = objectnet_classes.IMAGENET_GROUPS
+  logits = rng.normal(size=(2, 6, 1000)).astype(np.float32)   # a leading (head) axis is kept
+  logits[..., 0] = 50.0                 # tench: the best class overall, in no ObjectNet group
+  expected = np.stack([logits[..., list(g)].max(-1) for g in groups], axis=-1)
+  scores = class_subsets.group_max(jnp.asarray(logits), groups)
+  np.testing.assert_array_equal(np.asarray(scores), expected)
+  labels = rng.integers(0, len(groups), 6).astype(np.int32)
+  labels[:2] = np.argsort(-expected[0, :2], axis=-1)[:, 3]     # 4th best: in top-5, not top-1
+  valid = np.array([True] * 5 + [False])
+  counts = accuracy.correct_counts(scores, jnp.asarray(labels), jnp.asarray(valid))
+  order = np.argsort(-expected, axis=-1)
+  for k in (1, 5):
+    hits = (order[..., :k] == labels[:, None]).any(-1) & valid
+    np.testing.assert_array_equal(np.asarray(counts[f"top{k}"]), hits.sum(-1))
+  assert int(counts["top5"][0]) - int(counts["top1"][0]) >= 2   # the two 4th-best labels
 
 
 def test_restricted_predictions_only_name_subset_classes_and_counts_skip_padding():
@@ -168,6 +204,16 @@ def test_robustness_suites():
       "b": {"top1": 30.0, "top5": 40.0, "group": "imagenet_c/fog"},
       "c": {"top1": 50.0, "top5": 60.0, "group": "imagenet_c/snow"}})
   assert means["imagenet_c/fog"]["top1"] == 20.0 and means["imagenet_c"]["top1"] == 35.0
+  # ObjectNet is not in tfds: in the default suite only once its folder is given.
+  config.robustness.datasets = ()
+  assert "objectnet" not in [s.name for s in eval_robustness_sets.resolve(config)]
+  config.robustness.objectnet_path = "/data/objectnet-1.0"
+  objectnet = eval_robustness_sets.resolve(config)[-1]
+  assert (objectnet.name, objectnet.class_groups) == ("objectnet", "objectnet")
+  assert eval_robustness_sets.set_config(config, objectnet).data.path == "/data/objectnet-1.0"
+  config.robustness.update(dict(datasets=("objectnet",), objectnet_path=""))
+  with pytest.raises(ConfigError, match="objectnet_path=DIR"):
+    eval_robustness_sets.resolve(config)
 
 
 def test_heads_optimizer_matches_optax_sgd_for_one_head():

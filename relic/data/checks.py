@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import ml_collections
+from absl import logging
 
 from relic.config import ConfigError
 from relic.data import builtin, splits
@@ -39,10 +40,13 @@ def check_data_config(config: ml_collections.ConfigDict) -> None:
             "point it to an existing folder of saliency masks, or set config.data.mask_prob=0")
   if data.source == "folder":
     _check_folder(data)
+  elif data.source == "objectnet":
+    _check_objectnet(data)
   elif data.source == "tfds":
     _check_tfds(data, needs_masks)
   else:
-    _fail("source", f"unknown source {data.source!r}", "choose 'tfds', 'folder' or 'builtin'")
+    _fail("source", f"unknown source {data.source!r}",
+          "choose 'tfds', 'folder', 'builtin' or 'objectnet'")
 
 
 def _check_builtin(data: ml_collections.ConfigDict) -> None:
@@ -73,6 +77,26 @@ def _check_folder(data: ml_collections.ConfigDict) -> None:
       _fail("path", f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under "
             f"{str(folder)!r} for config.data.{field}={data[field]!r}",
             "put images there (class sub-folders optional) or fix the path/split")
+
+
+def _check_objectnet(data: ml_collections.ConfigDict) -> None:
+  from relic.data import objectnet  # pylint: disable=import-outside-toplevel
+  if not data.path:
+    _fail("path", "no ObjectNet folder given for source='objectnet'",
+          "set it to the unpacked objectnet-1.0 folder (config.robustness.objectnet_path for "
+          "the robustness job)")
+  root = objectnet.images_root(data.path)
+  present = [c for c in objectnet.CLASSES if (root / c).is_dir()]
+  if not present:
+    _fail("path", f"no ObjectNet class folders of the 113 ImageNet classes (e.g. "
+          f"'{objectnet.CLASSES[0]}/') under {str(root)!r}",
+          "point it to the unpacked objectnet-1.0 folder (the one holding images/), as "
+          "downloaded from objectnet.dev")
+  if len(present) < len(objectnet.CLASSES):
+    missing = sorted(set(objectnet.CLASSES) - set(present))
+    logging.warning("Only %d of the %d ImageNet-overlapping ObjectNet class folders are under %s "
+                    "(missing e.g. %s): the score covers the present ones only.", len(present),
+                    len(objectnet.CLASSES), root, missing[:3])
 
 
 def _check_tfds(data: ml_collections.ConfigDict, needs_masks: bool) -> None:

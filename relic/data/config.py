@@ -2,12 +2,15 @@
 
 import ml_collections
 
+SOURCES = ("tfds", "folder", "builtin", "objectnet")
+
 
 def data_config() -> ml_collections.ConfigDict:
   """Defaults follow ../method.md section 1 (4x224 large + 2x96 small views, p_m = 0.1)."""
   return ml_collections.ConfigDict(dict(
-      # 'tfds' (any tfds image dataset), 'folder' (a directory of images) or 'builtin'
-      # (the generated shapes dataset: no download).
+      # 'tfds' (any tfds image dataset), 'folder' (a directory of images), 'builtin'
+      # (the generated shapes dataset: no download) or 'objectnet' (an ObjectNet 1.0 folder,
+      # a test set: relic/data/objectnet.py).
       source="tfds",
       dataset="imagenet2012",
       data_dir="",            # tfds data_dir; '' = tfds default (~/tensorflow_datasets).

@@ -74,7 +74,7 @@ class FolderSource(sources.Source):
     if (name, with_masks) in self._listings:
       return self._listings[(name, with_masks)]
     folder = self.split_dir(name)
-    files = list_images(folder)
+    files = self.image_files(folder)
     usable = image_check.validate([str(f) for f in files], self._cache, f"images under {folder}")
     class_index = {c: i for i, c in enumerate(self.classes())}
     paths, labels, masks = [], [], []
@@ -95,6 +95,14 @@ class FolderSource(sources.Source):
                    mask_path=np.array(masks, dtype=object))
     self._listings[(name, with_masks)] = listing
     return listing
+
+  def image_files(self, folder: pathlib.Path) -> list[pathlib.Path]:
+    """The split's image files, sorted (every image below the split folder)."""
+    return list_images(folder)
+
+  def load_row(self, row) -> dict[str, tf.Tensor]:
+    """A listing row -> 'image' and 'label'."""
+    return {"image": decode.decode_image(tf.io.read_file(row["path"])), "label": row["label"]}
 
   def _mask_index(self) -> dict[str, str]:
     """Mask files by root-relative path without extension."""
@@ -121,12 +129,8 @@ class FolderSource(sources.Source):
     columns = {"path": listing["path"][index].astype(str), "label": listing["label"][index]}
     if with_masks:
       columns["mask_path"] = listing["mask_path"][index].astype(str)
-    return sources.IndexedReader(columns, last - first, _read_image,
+    return sources.IndexedReader(columns, last - first, self.load_row,
                                  _read_mask if with_masks else None)
-
-
-def _read_image(row) -> dict[str, tf.Tensor]:
-  return {"image": decode.decode_image(tf.io.read_file(row["path"])), "label": row["label"]}
 
 
 def _read_mask(row, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:

@@ -130,6 +130,9 @@ def _cached_source(kind: str, data_json: str) -> Source:
   if kind == "builtin":
     from relic.data.builtin_source import BuiltinSource  # pylint: disable=import-outside-toplevel
     return BuiltinSource(data)
+  if kind == "objectnet":
+    from relic.data.objectnet import ObjectNetSource  # pylint: disable=import-outside-toplevel
+    return ObjectNetSource(data)
   from relic.data.folder_source import FolderSource  # pylint: disable=import-outside-toplevel
   return FolderSource(data)
 
@@ -145,7 +148,7 @@ def get_source(config: ml_collections.ConfigDict) -> Source:
   if data.source == "tfds":
     from relic.data.tfds_source import TfdsSource  # pylint: disable=import-outside-toplevel
     return TfdsSource(data)
-  if data.source not in ("folder", "builtin"):
-    raise ValueError(f"Unknown data source {data.source!r}; choose 'tfds', 'folder' or "
-                     "'builtin'.")
+  if data.source not in ("folder", "builtin", "objectnet"):
+    raise ValueError(f"Unknown data source {data.source!r}; choose 'tfds', 'folder', "
+                     "'builtin' or 'objectnet'.")
   return _cached_source(data.source, data.to_json(sort_keys=True))

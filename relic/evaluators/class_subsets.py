@@ -11,6 +11,12 @@ that way), so the restricted prediction is mapped back before it is compared.
 standard sorted-wnid ImageNet order (the order of tfds's ``imagenet2012`` labels), the same
 indices the reference code derives with ``[wnid in imagenet_r_wnids for wnid in all_wnids]``.
 A test checks the two constants against tfds's label file.
+
+A test set with its own label space whose classes each stand for one or more ImageNet classes
+(ObjectNet: 113 classes over 125 ImageNet classes, relic/data/objectnet_classes.py) is scored
+through *class groups*: each of its classes gets the highest logit of its ImageNet classes
+(:func:`group_max`), and top-k is taken over those scores, so the other ImageNet classes can
+never be predicted and a class is never counted twice in a top-5.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from relic.data.objectnet_classes import IMAGENET_GROUPS as OBJECTNET_GROUPS
 
 IMAGENET_R_WNIDS: tuple[str, ...] = tuple("""
     n01443537 n01484850 n01494475 n01498041 n01514859 n01518878 n01531178 n01534433 n01614925 n01616318
@@ -59,6 +67,8 @@ IMAGENET_R_INDICES: tuple[int, ...] = (
 
 # Name -> class indices (in the 1000-class ImageNet order) of the named subset.
 CLASS_SUBSETS: dict[str, tuple[int, ...]] = {"imagenet_r": IMAGENET_R_INDICES}
+# Name -> per test-set class, its ImageNet class indices (see the module docstring).
+CLASS_GROUPS: dict[str, tuple[tuple[int, ...], ...]] = {"objectnet": OBJECTNET_GROUPS}
 
 
 def subset_indices(name: str) -> tuple[int, ...] | None:
@@ -84,3 +94,18 @@ def restricted_topk(logits: jnp.ndarray, k: int,
   index = jnp.asarray(np.asarray(class_indices, np.int32))
   restricted = jnp.take(logits, index, axis=-1)
   return index[jax.lax.top_k(restricted, min(k, len(class_indices)))[1]]
+
+
+def class_groups(name: str) -> tuple[tuple[int, ...], ...]:
+  """The named class groups (:data:`CLASS_GROUPS`)."""
+  if name not in CLASS_GROUPS:
+    raise ValueError(f"Unknown class groups {name!r}; known: {sorted(CLASS_GROUPS)}.")
+  return CLASS_GROUPS[name]
+
+
+def group_max(logits: jnp.ndarray, groups: Sequence[Sequence[int]]) -> jnp.ndarray:
+  """(..., len(groups)) scores: for each group the highest of its classes' logits."""
+  width = max(len(g) for g in groups)
+  # Pad every group to the same width by repeating its first class: max() is unchanged.
+  index = np.array([list(g) + [g[0]] * (width - len(g)) for g in groups], np.int32)
+  return jnp.max(jnp.take(logits, jnp.asarray(index), axis=-1), axis=-1)

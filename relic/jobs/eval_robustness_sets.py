@@ -10,7 +10,10 @@ ImageNet suite (labels in the 1000-class ImageNet order in every one of them):
     the 15 benchmark corruptions x severities 1-5; reported per corruption (mean over
     severities) and as the mean over all. tfds stores these already centre-cropped to 224 px;
     the evaluation transform (centre 224/256 crop, resize) is applied on top, as for every set.
-  * ObjectNet is not in tfds and is not covered.
+  * ObjectNet: not in tfds; ``config.robustness.objectnet_path`` points at the unpacked
+    objectnet-1.0 folder (relic/data/objectnet.py). Scored on its 113 classes that overlap
+    ImageNet, each class taking the highest logit of its ImageNet classes. Part of the default
+    suite when the path is set.
 
 Built-in dataset: its 'test' split (same distribution as training) and 'test_ood' (background
 textures never seen in training), scored with the same head.
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+
+from absl import logging
 
 from relic.config import ConfigError
 
@@ -37,6 +42,8 @@ class TestSet:
   split: str
   class_subset: str = ""  # relic.evaluators.class_subsets name, '' = all classes
   group: str = ""         # results are also averaged per group (ImageNet-C corruption)
+  source: str = ""        # a non-tfds source ('objectnet'), read from its config path
+  class_groups: str = ""  # relic.evaluators.class_subsets.CLASS_GROUPS name: own label space
 
 
 IMAGENET_SETS = {s.name: s for s in (
@@ -46,8 +53,9 @@ IMAGENET_SETS = {s.name: s for s in (
     TestSet("imagenet_r", "imagenet_r", "test", class_subset="imagenet_r"),
     TestSet("imagenet_sketch", "imagenet_sketch", "test"),
 )}
+OBJECTNET = TestSet("objectnet", "", "test", source="objectnet", class_groups="objectnet")
 BUILTIN_SUITE = ("test", "test_ood")
-IMAGENET_SUITE = (*IMAGENET_SETS, "imagenet_c")
+IMAGENET_SUITE = (*IMAGENET_SETS, "imagenet_c", "objectnet")
 
 
 def imagenet_c_sets(corruptions, severities) -> list[TestSet]:
@@ -69,10 +77,22 @@ def resolve(config) -> list[TestSet]:
   entries = [p.strip() for e in r.datasets for p in str(e).split(",") if p.strip()]
   if not entries:
     entries = list(BUILTIN_SUITE if config.data.source == "builtin" else IMAGENET_SUITE)
+    if "objectnet" in entries and not r.objectnet_path:
+      entries.remove("objectnet")
+      logging.warning("ObjectNet is left out of the robustness suite: it is not in tfds. Set "
+                      "config.robustness.objectnet_path=DIR (the unpacked objectnet-1.0 folder) "
+                      "to include it.")
   sets: list[TestSet] = []
   for entry in entries:
     if entry in IMAGENET_SETS:
       sets.append(IMAGENET_SETS[entry])
+    elif entry == "objectnet":
+      if not r.objectnet_path:
+        raise ConfigError("config.robustness.datasets names 'objectnet' but "
+                          "config.robustness.objectnet_path is empty. Fix: download ObjectNet "
+                          "1.0 from objectnet.dev, unpack it and pass "
+                          "--config.robustness.objectnet_path=DIR (the folder holding images/).")
+      sets.append(OBJECTNET)
     elif entry == "imagenet_c":
       sets += imagenet_c_sets(tuple(r.corruptions) or IMAGENET_C_CORRUPTIONS,
                               tuple(r.severities))
@@ -92,7 +112,10 @@ def resolve(config) -> list[TestSet]:
 def set_config(config, test_set: TestSet):
   """A copy of ``config`` whose eval split is the test set."""
   out = copy.deepcopy(config)
-  if test_set.dataset:
+  if test_set.source == "objectnet":
+    out.data.source = "objectnet"
+    out.data.path = config.robustness.objectnet_path
+  elif test_set.dataset:
     out.data.source = "tfds"
     out.data.dataset = test_set.dataset
   out.data.eval_split = test_set.split

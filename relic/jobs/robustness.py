@@ -2,8 +2,9 @@
 
 Protocol (method.md section 5): the head a linear_probe run selected (``probe_head.npz``) on
 the encoder it was fit on, no fine-tuning, scored on ImageNet-V2 (three variants), ImageNet-R
-(predictions restricted to its 200 classes), ImageNet-Sketch and ImageNet-C (15 corruptions x
-5 severities; per corruption and mean). The built-in dataset's version is its 'test' and
+(predictions restricted to its 200 classes), ImageNet-Sketch, ImageNet-C (15 corruptions x
+5 severities; per corruption and mean) and ObjectNet (its 113 ImageNet classes, each scored by
+the highest logit of its ImageNet classes). The built-in dataset's version is its 'test' and
 'test_ood' splits. The test sets are listed in relic/jobs/eval_robustness_sets.py.
 
 Pointing the job at the probe is enough: ``probe_head.json`` names the encoder and holds a
@@ -77,6 +78,7 @@ def validate(config) -> None:
     cfg.data.train_split = cfg.data.eval_split = _split(test_set, r.max_examples)
     try:
       pipeline.check_data_config(cfg)
+      _check_label_space(test_set, int(pipeline.num_classes(cfg)), int(record["num_classes"]))
     except ConfigError as e:
       problems.append(f"  {test_set.name}: {e}")
   if problems:
@@ -111,11 +113,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   for test_set in test_sets:
     cfg = set_config(config, test_set)
     split = _split(test_set, r.max_examples)
-    classes = int(pipeline.num_classes(cfg))
-    if classes != num_classes:
-      raise ConfigError(f"{test_set.name} has {classes} classes but the probe head has "
-                        f"{num_classes}; its labels are not in the head's label space. Fix: "
-                        "leave it out of config.robustness.datasets.")
+    _check_label_space(test_set, int(pipeline.num_classes(cfg)), num_classes)
     plan.append((test_set, cfg, split, pipeline.num_examples(cfg, split)))
 
   partial_path = epath.Path(workdir) / PARTIAL
@@ -131,13 +129,14 @@ def run(config, workdir: str) -> dict[str, Any]:
     if test_set.name not in done:
       batches = pipeline.eval_batches(cfg, split=split, batch_size=process_batch,
                                       image_size=image_size)
-      counts = accuracy.count_split(logits_fn, params, batches, mesh, progress=progress,
+      counts = accuracy.count_split(_set_logits_fn(logits_fn, test_set), params, batches, mesh,
+                                    progress=progress,
                                     class_indices=class_subsets.subset_indices(
                                         test_set.class_subset))
       done[test_set.name] = {**accuracy.accuracies(counts), "dataset": cfg.data.dataset
                              if cfg.data.source == "tfds" else cfg.data.source,
                              "split": split, "class_subset": test_set.class_subset,
-                             "group": test_set.group}
+                             "class_groups": test_set.class_groups, "group": test_set.group}
       if jax.process_index() == 0:
         partial_path.write_text(json.dumps({"fingerprint": info["fingerprint"],
                                             "image_size": image_size, "sets": done}))
@@ -151,6 +150,30 @@ def run(config, workdir: str) -> dict[str, Any]:
       "groups": group_means({t.name: done[t.name] for t, _, _, _ in plan})}
   eval_results.write_results(workdir, results, results_markdown(results))
   return results
+
+
+def _check_label_space(test_set: TestSet, set_classes: int, head_classes: int) -> None:
+  """The test set's labels must be the head's classes, or groups of them (ObjectNet)."""
+  if test_set.class_groups:
+    groups = class_subsets.class_groups(test_set.class_groups)
+    needed = 1 + max(i for g in groups for i in g)
+    if head_classes < needed or set_classes != len(groups):
+      raise ConfigError(f"{test_set.name} scores {len(groups)} classes by the logits of the "
+                        f"ImageNet classes they stand for, which needs the 1000-class ImageNet "
+                        f"head; the probe head has {head_classes} classes. Fix: use the head of "
+                        "an ImageNet linear probe, or leave it out of config.robustness.datasets.")
+  elif set_classes != head_classes:
+    raise ConfigError(f"{test_set.name} has {set_classes} classes but the probe head has "
+                      f"{head_classes}; its labels are not in the head's label space. Fix: "
+                      "leave it out of config.robustness.datasets.")
+
+
+def _set_logits_fn(logits_fn, test_set: TestSet):
+  """``logits_fn``, or for a test set with class groups its per-group scores."""
+  if not test_set.class_groups:
+    return logits_fn
+  groups = class_subsets.class_groups(test_set.class_groups)
+  return lambda params, images: class_subsets.group_max(logits_fn(params, images), groups)
 
 
 def group_means(sets: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +201,8 @@ def results_markdown(results: dict[str, Any]) -> str:
            f"Head: base lr {probe['selected']['base_lr']:g}; in-distribution test top-1 "
            f"{probe['test']['top1']:.2f}% ({probe['data']['dataset']}). Images at "
            f"{results['image_size']} px, no fine-tuning.", ""]
-  rows = [[name, r["split"], r["class_subset"] or "all", r["num_examples"], r["top1"], r["top5"]]
+  rows = [[name, r["split"], r["class_subset"] or r.get("class_groups") or "all",
+           r["num_examples"], r["top1"], r["top5"]]
           for name, r in results["sets"].items() if not r.get("group")]
   rows += [[f"{g} (mean of {m['num_sets']})", "", "", "", m["top1"], m["top5"]]
            for g, m in results["groups"].items()]
