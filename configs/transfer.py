@@ -7,11 +7,13 @@ Command (all eleven datasets tfds provides, linear protocol):
   Fine-tuning as well:   configs/transfer.py:finetune (or --config.transfer.protocols=linear,finetune)
 Datasets (relic/jobs/eval_transfer_datasets.py): food101, cifar10, cifar100, caltech_birds2011
   (substitute for Birdsnap, which is not in tfds), sun397 (sun397/tfds), cars196, voc2007
-  (voc/2007), dtd, oxford_iiit_pet, caltech101, oxford_flowers102; also 'tfds_name:train:test'
-  and 'folder:PATH' (FGVC Aircraft is not in tfds). Prepare each with `tfds build NAME` once.
+  (voc/2007), dtd, oxford_iiit_pet, caltech101, oxford_flowers102 (prepare each with
+  `tfds build NAME` once); FGVC Aircraft, not in tfds, from its unpacked download as
+  'fgvc_aircraft:/path/to/fgvc-aircraft-2013b' (add it to the list for all twelve); also
+  'tfds_name:train:test' and 'folder:PATH'.
 Linear protocol: L2 logistic regression on frozen centre-crop features, the L2 strength chosen
-  by the dataset's metric on its official validation split (VOC2007, DTD, Flowers-102: fit on
-  'train', scored on 'validation', refit on 'train+validation') or on 20% of train, then scored
+  by the dataset's metric on its official validation split (VOC2007, DTD, Flowers-102, Aircraft:
+  fit on 'train', scored on 'validation', refit on both) or on 20% of train, then scored
   on test (top-1 and mean per-class accuracy; VOC2007, multi-label: one-vs-rest, 11-point mAP).
 Fine-tune protocol: config.finetune (full train split; finetune.lr_grid for a rate sweep, rates
   compared by the dataset's metric on the same validation splits, else on a prefix of train;

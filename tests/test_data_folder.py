@@ -12,7 +12,7 @@ from PIL import Image
 from relic import config as config_lib
 from relic.config import ConfigError
 from relic.data import objectnet_classes, pipeline, sources
-from tests import objectnet_data
+from tests import aircraft_data, objectnet_data
 
 
 def write(path, array, **kwargs):
@@ -145,3 +145,34 @@ def test_objectnet_reads_the_imagenet_classes_only_and_cuts_the_border(tmp_path,
   write(tmp_path / "other" / "squeegee" / "a.png", np.zeros((8, 8, 3), np.uint8))
   with pytest.raises(ConfigError, match="objectnet-1.0 folder"):
     pipeline.check_data_config(folder_config(tmp_path / "other", source="objectnet"))
+
+
+def test_fgvc_aircraft_reads_the_official_splits_and_cuts_the_banner(tmp_path):
+  base, expected = aircraft_data.write_aircraft(tmp_path)
+  config = folder_config(base, source="fgvc_aircraft", train_split="train+val", eval_split="test")
+  pipeline.check_data_config(config)
+  assert pipeline.num_classes(config) == len(aircraft_data.VARIANTS)
+  sizes = {split: pipeline.num_examples(config, split)
+           for split in ("train", "val", "validation", "trainval", "train+val", "test[:3]")}
+  assert sizes == {"train": 6, "val": 4, "validation": 4, "trainval": 10, "train+val": 10,
+                   "test[:3]": 3}
+  source = sources.get_source(config)
+  for split, rows in (("train+val", expected["trainval"]), ("test", expected["test"])):
+    reader = source.reader(split, process_index=0, process_count=1, with_masks=False)
+    labels = []
+    for index in range(reader.size):
+      example = reader.load(tf.constant(index, tf.int64))
+      image = example["image"].numpy()
+      # The photograph only: 20 banner rows (white) gone, its dark pixels all kept.
+      assert image.shape == (aircraft_data.HEIGHT, aircraft_data.WIDTH, 3)
+      assert image.mean(axis=(1, 2)).max() < 120
+      labels.append(int(example["label"]))
+    assert labels == [label for _, label in rows]       # variants.txt order, 'F/A-18' included
+  with pytest.raises(ValueError, match="Cannot slice the parts"):
+    pipeline.num_examples(config, "train[:2]+val")
+  (base / "data" / "images_variant_val.txt").unlink()
+  with pytest.raises(ConfigError, match="images_variant_val.txt.*fgvc-aircraft-2013b"):
+    pipeline.check_data_config(config)
+  with pytest.raises(ConfigError, match="has no split 'minival'"):
+    pipeline.check_data_config(folder_config(base, source="fgvc_aircraft",
+                                             train_split="minival"))

@@ -21,7 +21,7 @@ from relic.jobs import eval_pretrained, eval_transfer_datasets as transfer_datas
 from relic.jobs.eval_results import read_results
 from relic.main import run as run_job
 from relic.models import LinearHead, encoder_from_config
-from tests import objectnet_data, voc2007_data
+from tests import aircraft_data, objectnet_data, voc2007_data
 
 TINY_MODEL = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True)
 NUM_TRAIN, NUM_TEST = 200, 100    # 100 test images: not a multiple of the global batch (32)
@@ -327,6 +327,31 @@ def test_transfer_voc2007_linear_and_finetune_map(pretrained, tmp_path):
   with pytest.raises(ConfigError, match="multi-label"):
     run(probe_config, str(refused))
   assert not refused.exists()
+
+
+def test_transfer_fgvc_aircraft_from_its_download_folder(pretrained, tmp_path):
+  """SimCLR's Aircraft protocol on the dataset's own files: hyper-parameters chosen by mean
+  per-class accuracy on 'val' (fit on 'train'), the final fit on 'train+val', scored on 'test'."""
+  base, _ = aircraft_data.write_aircraft(tmp_path)
+  config = eval_config("transfer", pretrained)
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.transfer.update(dict(datasets=(f"fgvc_aircraft:{base}",),
+                              protocols=("linear", "finetune"), batch_size=8, image_size=32,
+                              l2_grid=(1e-3, 1.0), max_iter=20))
+  config.finetune.update(dict(subset="full", batch_size=8, num_epochs=1.0, image_size=32,
+                              lr_grid=(0.5, 0.05), log_every_steps=1))
+  results = run(config, str(tmp_path / "transfer"))
+  entry = results["datasets"]["fgvc_aircraft"]
+  assert entry["metric"] == "mean_per_class" and entry["source"] == "fgvc_aircraft"
+  linear_result = entry["linear"]
+  assert linear_result["selected_on"] == "val" and linear_result["num_val"] == 4
+  assert linear_result["num_train"] == 10 and linear_result["num_test"] == 5
+  assert set(linear_result["val_mean_per_class"]) == {"0.001", "1.0"}
+  tuned = entry["finetune"]
+  assert all(s["holdout_split"] == "val" and s["num_holdout"] == 4 for s in tuned["sweep"])
+  assert tuned["train"]["num_examples"] == 10 and tuned["num_test"] == 5
+  assert tuned["score"] == tuned["mean_per_class"]
+  assert "| fgvc_aircraft |" in (tmp_path / "transfer" / "results.md").read_text()
 
 
 def test_final_evaluation_fits_one_classifier_for_every_split(pretrained):

@@ -173,11 +173,16 @@ def test_transfer_names_substitutes_and_unavailable_datasets():
   custom = eval_transfer_datasets.resolve("stanford_dogs:train:test")
   assert (custom.dataset, custom.train_split, custom.test_split) == ("stanford_dogs", "train",
                                                                       "test")
-  assert eval_transfer_datasets.resolve("folder:/data/aircraft").source == "folder"
+  assert eval_transfer_datasets.resolve("folder:/data/birdsnap").source == "folder"
+  aircraft = eval_transfer_datasets.resolve("fgvc_aircraft:/data/fgvc-aircraft-2013b")
+  assert (aircraft.source, aircraft.dataset, aircraft.train_split, aircraft.holdout_split,
+          aircraft.metric) == ("fgvc_aircraft", "/data/fgvc-aircraft-2013b", "train+val", "val",
+                               "mean_per_class")
   voc = eval_transfer_datasets.resolve("voc2007")
   assert (voc.dataset, voc.train_split, voc.test_split, voc.metric) == (
       "voc/2007", "train+validation", "test", "map11")
-  for name, hint in (("birdsnap", "caltech_birds2011"), ("fgvc_aircraft", "folder:")):
+  for name, hint in (("birdsnap", "caltech_birds2011"), ("fgvc_aircraft", "fgvc_aircraft:/path"),
+                     ("fgvc_aircraft:", "fgvc_aircraft:/path")):
     with pytest.raises(ConfigError, match=hint):
       eval_transfer_datasets.resolve(name)
   with pytest.raises(ConfigError, match="unknown dataset"):

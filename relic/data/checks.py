@@ -42,11 +42,13 @@ def check_data_config(config: ml_collections.ConfigDict) -> None:
     _check_folder(data)
   elif data.source == "objectnet":
     _check_objectnet(data)
+  elif data.source == "fgvc_aircraft":
+    _check_aircraft(data)
   elif data.source == "tfds":
     _check_tfds(data, needs_masks)
   else:
     _fail("source", f"unknown source {data.source!r}",
-          "choose 'tfds', 'folder', 'builtin' or 'objectnet'")
+          "choose 'tfds', 'folder', 'builtin', 'objectnet' or 'fgvc_aircraft'")
 
 
 def _check_builtin(data: ml_collections.ConfigDict) -> None:
@@ -97,6 +99,25 @@ def _check_objectnet(data: ml_collections.ConfigDict) -> None:
     logging.warning("Only %d of the %d ImageNet-overlapping ObjectNet class folders are under %s "
                     "(missing e.g. %s): the score covers the present ones only.", len(present),
                     len(objectnet.CLASSES), root, missing[:3])
+
+
+def _check_aircraft(data: ml_collections.ConfigDict) -> None:
+  from relic.data import fgvc_aircraft  # pylint: disable=import-outside-toplevel
+  download = ("point it to the unpacked fgvc-aircraft-2013b folder (the one holding data/), as "
+              "downloaded from robots.ox.ac.uk/~vgg/data/fgvc-aircraft")
+  if not data.path:
+    _fail("path", "no FGVC-Aircraft folder given for source='fgvc_aircraft'", download)
+  root = fgvc_aircraft.data_root(data.path)
+  needed = [root / "variants.txt", root / "images"]
+  for field in ("train_split", "eval_split"):
+    try:
+      parts = fgvc_aircraft.split_parts(data[field])
+    except ValueError as e:
+      _fail(field, str(e).rstrip("."), "use train, val, trainval or test, or a '+' join")
+    needed += [root / f"images_variant_{p}.txt" for p in parts]
+  missing = [str(p) for p in needed if not p.exists()]
+  if missing:
+    _fail("path", f"FGVC-Aircraft files missing: {missing}", download)
 
 
 def _check_tfds(data: ml_collections.ConfigDict, needs_masks: bool) -> None:

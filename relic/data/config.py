@@ -2,19 +2,21 @@
 
 import ml_collections
 
-SOURCES = ("tfds", "folder", "builtin", "objectnet")
+SOURCES = ("tfds", "folder", "builtin", "objectnet", "fgvc_aircraft")
 
 
 def data_config() -> ml_collections.ConfigDict:
   """Defaults follow ../method.md section 1 (4x224 large + 2x96 small views, p_m = 0.1)."""
   return ml_collections.ConfigDict(dict(
       # 'tfds' (any tfds image dataset), 'folder' (a directory of images), 'builtin'
-      # (the generated shapes dataset: no download) or 'objectnet' (an ObjectNet 1.0 folder,
-      # a test set: relic/data/objectnet.py).
+      # (the generated shapes dataset: no download), 'objectnet' (an ObjectNet 1.0 folder, a
+      # test set: relic/data/objectnet.py) or 'fgvc_aircraft' (FGVC-Aircraft 2013b as
+      # downloaded: relic/data/fgvc_aircraft.py).
       source="tfds",
       dataset="imagenet2012",
       data_dir="",            # tfds data_dir; '' = tfds default (~/tensorflow_datasets).
-      path="",                # image folder for source='folder' (layout: relic/data/folder_source.py).
+      path="",                # image folder for source='folder' (layout: relic/data/folder_source.py),
+                              # the dataset folder for 'objectnet' and 'fgvc_aircraft'.
       # Folder of saliency masks, same relative paths as the images (any image extension;
       # tfds: matched by the example's file_name stem). Needed when mask_prob > 0, except for
       # the built-in source, which has exact object masks.

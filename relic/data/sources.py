@@ -133,6 +133,9 @@ def _cached_source(kind: str, data_json: str) -> Source:
   if kind == "objectnet":
     from relic.data.objectnet import ObjectNetSource  # pylint: disable=import-outside-toplevel
     return ObjectNetSource(data)
+  if kind == "fgvc_aircraft":
+    from relic.data.fgvc_aircraft import AircraftSource  # pylint: disable=import-outside-toplevel
+    return AircraftSource(data)
   from relic.data.folder_source import FolderSource  # pylint: disable=import-outside-toplevel
   return FolderSource(data)
 
@@ -148,7 +151,7 @@ def get_source(config: ml_collections.ConfigDict) -> Source:
   if data.source == "tfds":
     from relic.data.tfds_source import TfdsSource  # pylint: disable=import-outside-toplevel
     return TfdsSource(data)
-  if data.source not in ("folder", "builtin", "objectnet"):
+  if data.source not in ("folder", "builtin", "objectnet", "fgvc_aircraft"):
     raise ValueError(f"Unknown data source {data.source!r}; choose 'tfds', 'folder', "
-                     "'builtin' or 'objectnet'.")
+                     "'builtin', 'objectnet' or 'fgvc_aircraft'.")
   return _cached_source(data.source, data.to_json(sort_keys=True))

@@ -36,10 +36,11 @@ def eval_data_config(config):
 
 
 def dataset_name(config) -> str:
-  """How results name the data: the tfds name, 'builtin', or 'folder (PATH)'."""
+  """How results name the data: the tfds name, 'builtin', or 'SOURCE (PATH)' for the sources
+  read from a folder."""
   if config.data.source == "tfds":
     return config.data.dataset
-  return config.data.source + (f" ({config.data.path})" if config.data.source == "folder" else "")
+  return config.data.source + (f" ({config.data.path})" if config.data.path else "")
 
 
 def slice_prefix(config, split: str, n: int) -> tuple[str, str]:

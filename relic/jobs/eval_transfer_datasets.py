@@ -12,7 +12,8 @@ image_classification``, ``datasets/``):
   Birdsnap      caltech_birds2011      train / test        substitute: Birdsnap is not in tfds
   SUN397        sun397/tfds            train / test        tfds's standard partition
   Stanford Cars cars196                train / test
-  FGVC Aircraft (none)                 -                   not in tfds: use 'folder:PATH'
+  FGVC Aircraft (none)                 train+val / test    not in tfds: 'fgvc_aircraft:PATH'
+                                                           (relic/data/fgvc_aircraft.py)
   VOC2007       voc/2007               train+validation /  multi-label: 11-point mAP
                                        test
   DTD           dtd                    train+validation /  split 1
@@ -25,12 +26,13 @@ image_classification``, ``datasets/``):
 
 Hyper-parameters (the linear protocol's L2 strength, the fine-tune protocol's rate when
 ``finetune.lr_grid`` is swept) are chosen as in SimCLR's transfer appendix: on the validation
-split the dataset's authors specify for VOC2007, DTD and Flowers-102 (fit on 'train', score on
-'validation', then refit on 'train+validation' and report 'test'; ``holdout_split``), else on a
-part of the train split held out at random (linear) or as a prefix (fine-tune).
+split the dataset's authors specify for VOC2007, DTD, Flowers-102 and FGVC Aircraft (fit on
+'train', score on 'validation', then refit on 'train+validation' and report 'test';
+``holdout_split``), else on a part of the train split held out at random (linear) or as a
+prefix (fine-tune).
 
 Scoring follows the literature (SimCLR / BYOL transfer tables): mean per-class accuracy for
-Pets, Caltech-101, Flowers-102 (and Aircraft), top-1 for the others; both are always reported.
+Pets, Caltech-101, Flowers-102 and Aircraft, top-1 for the others; both are always reported.
 VOC2007 is multi-label (the classes present in an image): 11-point mAP of one-vs-rest logistic
 regression or of a fine-tuned one-vs-rest head (relic/evaluators/multilabel.py), "difficult"-only
 classes ignored as in the devkit. Selection uses each dataset's metric.
@@ -47,8 +49,8 @@ from relic.config import ConfigError
 @dataclasses.dataclass(frozen=True)
 class TransferDataset:
   name: str
-  source: str            # 'tfds' or 'folder'
-  dataset: str           # tfds name, or the folder path
+  source: str            # 'tfds', 'folder' or 'fgvc_aircraft'
+  dataset: str           # tfds name, or the dataset's folder
   train_split: str
   test_split: str
   metric: str = "top1"   # the number the literature reports: 'top1', 'mean_per_class', 'map11'
@@ -80,9 +82,17 @@ TRANSFER_DATASETS: dict[str, TransferDataset] = {d.name: d for d in (
 UNAVAILABLE = {
     "birdsnap": "Birdsnap is not in tfds; use 'caltech_birds2011' (CUB-200-2011, the usual "
                 "substitute) or an image folder as 'folder:/path/to/birdsnap'",
-    "fgvc_aircraft": "FGVC Aircraft is not in tfds; put it in an image folder (train/ and test/ "
-                     "with one sub-folder per class) and use 'folder:/path/to/aircraft'",
+    "fgvc_aircraft": "FGVC Aircraft is not in tfds; download fgvc-aircraft-2013b from "
+                     "robots.ox.ac.uk/~vgg/data/fgvc-aircraft, unpack it and use "
+                     "'fgvc_aircraft:/path/to/fgvc-aircraft-2013b'",
 }
+
+
+def aircraft(path: str) -> TransferDataset:
+  """FGVC Aircraft (variants) read from its download folder: SimCLR's protocol, hyper-parameters
+  chosen on 'val', the final fit on 'train+val', mean per-class accuracy on 'test'."""
+  return TransferDataset("fgvc_aircraft", "fgvc_aircraft", path, "train+val", "test",
+                         metric="mean_per_class", holdout_split="val")
 
 
 def expand(entries) -> list[str]:
@@ -91,11 +101,15 @@ def expand(entries) -> list[str]:
 
 
 def resolve(entry: str) -> TransferDataset:
-  """A registry name, ``'tfds_name:train_split:test_split'`` or ``'folder:PATH'``."""
+  """A registry name, ``'fgvc_aircraft:PATH'``, ``'tfds_name:train_split:test_split'`` or
+  ``'folder:PATH'``."""
   if entry in TRANSFER_DATASETS:
     return TRANSFER_DATASETS[entry]
-  if entry in UNAVAILABLE:
-    raise ConfigError(f"config.transfer.datasets: {UNAVAILABLE[entry]}.")
+  name, _, path = entry.partition(":")
+  if name in UNAVAILABLE and not (name == "fgvc_aircraft" and path):
+    raise ConfigError(f"config.transfer.datasets: {UNAVAILABLE[name]}.")
+  if name == "fgvc_aircraft":
+    return aircraft(path)
   if entry.startswith("folder:"):
     path = entry[len("folder:"):]
     return TransferDataset(path.rstrip("/").rsplit("/", 1)[-1] or "folder", "folder", path,
@@ -105,14 +119,15 @@ def resolve(entry: str) -> TransferDataset:
     return TransferDataset(parts[0].replace("/", "_"), "tfds", *parts)
   raise ConfigError(
       f"config.transfer.datasets: unknown dataset {entry!r}. Fix: use one of "
-      f"{sorted(TRANSFER_DATASETS)}, 'tfds_name:train_split:test_split' or 'folder:PATH'.")
+      f"{sorted(TRANSFER_DATASETS)}, 'fgvc_aircraft:PATH', 'tfds_name:train_split:test_split' "
+      "or 'folder:PATH'.")
 
 
 def dataset_config(config, dataset: TransferDataset):
   """A copy of ``config`` that reads ``dataset`` (its splits as train and eval split)."""
   out = copy.deepcopy(config)
   out.data.source = dataset.source
-  if dataset.source == "folder":
+  if dataset.source in ("folder", "fgvc_aircraft"):
     out.data.path = dataset.dataset
   elif dataset.source == "tfds":
     out.data.dataset = dataset.dataset

@@ -82,7 +82,7 @@ def validate(config) -> None:
     except ConfigError as e:
       problems.append(f"  {test_set.name}: {e}")
   if problems:
-    raise ConfigError("some robustness test sets cannot be read:\n" + "\n".join(problems) +
+    raise ConfigError("some robustness test sets cannot be used:\n" + "\n".join(problems) +
                       "\nFix: prepare them (the messages say how) or leave them out of "
                       "config.robustness.datasets.")
 
