@@ -78,6 +78,13 @@ def test_class_folders_splits_and_masks_by_stem(tmp_path):
   labels = np.concatenate([b["label"][b["valid"]] for b in pipeline.eval_batches(
       config, split="train", batch_size=4, image_size=8)])
   np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, -1])       # sorted paths
+  # '+' joins whole splits, in order: train's files, then val's (classes from train's folders).
+  assert pipeline.num_examples(config, "train+validation") == 9
+  joined = np.concatenate([b["label"][b["valid"]] for b in pipeline.eval_batches(
+      config, split="train+val", batch_size=4, image_size=8)])
+  np.testing.assert_array_equal(joined, [0, 0, 0, 1, 1, -1, 0, 1, 1])
+  with pytest.raises(ConfigError, match="Cannot slice the parts"):
+    pipeline.check_data_config(folder_config(root, train_split="train[:2]+val"))
   from relic.data.sources import get_source
   reader = get_source(config).reader("train", process_index=0, process_count=1, with_masks=True)
   assert reader.has_masks

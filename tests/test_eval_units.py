@@ -165,7 +165,7 @@ def test_architecture_check_names_expected_and_found():
   assert "ResNet-50 1x" in str(error.value)
 
 
-def test_transfer_names_substitutes_and_unavailable_datasets():
+def test_transfer_names_substitutes_and_unavailable_datasets(tmp_path):
   assert eval_transfer_datasets.expand(("cifar10,dtd", " food101")) == ["cifar10", "dtd",
                                                                         "food101"]
   assert eval_transfer_datasets.resolve("sun397").dataset == "sun397/tfds"
@@ -174,6 +174,14 @@ def test_transfer_names_substitutes_and_unavailable_datasets():
   assert (custom.dataset, custom.train_split, custom.test_split) == ("stanford_dogs", "train",
                                                                       "test")
   assert eval_transfer_datasets.resolve("folder:/data/birdsnap").source == "folder"
+  for folders, splits in ((("train", "test"), ("train", "")),
+                          (("train", "val", "test"), ("train+val", "val")),
+                          (("train", "validation"), ("train", ""))):   # 'test' would be val
+    root = tmp_path / "_".join(folders)
+    for folder in folders:
+      (root / folder).mkdir(parents=True)
+    dataset = eval_transfer_datasets.resolve(f"folder:{root}")
+    assert (dataset.train_split, dataset.holdout_split) == splits, folders
   aircraft = eval_transfer_datasets.resolve("fgvc_aircraft:/data/fgvc-aircraft-2013b")
   assert (aircraft.source, aircraft.dataset, aircraft.train_split, aircraft.holdout_split,
           aircraft.metric) == ("fgvc_aircraft", "/data/fgvc-aircraft-2013b", "train+val", "val",

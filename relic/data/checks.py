@@ -73,12 +73,17 @@ def _check_folder(data: ml_collections.ConfigDict) -> None:
     _fail("path", f"image folder {str(root)!r} not found", "point it to an existing folder")
   source = FolderSource(data)
   for field in ("train_split", "eval_split"):
-    folder = source.split_dir(splits.parse(data[field])[0])
-    has_image = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
-    if not has_image:
-      _fail("path", f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under "
-            f"{str(folder)!r} for config.data.{field}={data[field]!r}",
-            "put images there (class sub-folders optional) or fix the path/split")
+    try:
+      names = [splits.parse(part)[0] for part in splits.parts(data[field])]
+    except ValueError as e:
+      _fail(field, str(e).rstrip("."), "use NAME, NAME[start:stop] or NAME+NAME")
+    for name in names:
+      folder = source.split_dir(name)
+      has_image = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
+      if not has_image:
+        _fail("path", f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under "
+              f"{str(folder)!r} for config.data.{field}={data[field]!r}",
+              "put images there (class sub-folders optional) or fix the path/split")
 
 
 def _check_objectnet(data: ml_collections.ConfigDict) -> None:

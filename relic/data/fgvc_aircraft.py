@@ -39,12 +39,8 @@ def data_root(path: str) -> pathlib.Path:
 
 def split_parts(split: str) -> list[str]:
   """The split names of ``split`` ('train+val' -> ['train', 'val']), aliases resolved."""
-  parts = split.replace(" ", "").split("+")
-  if len(parts) > 1 and any(splits.parse(p)[1:] != (None, None) for p in parts):
-    raise ValueError(f"Cannot slice the parts of the joined split {split!r}; join whole splits "
-                     "('train+val') or slice a single one ('train[:100]').")
   names = []
-  for part in parts:
+  for part in splits.parts(split):
     name = splits.parse(part)[0]
     resolved = splits.resolve_name(name, SPLITS)
     if resolved is None:
@@ -74,6 +70,7 @@ class AircraftSource(sources.Source):
 
   def _listing(self, name: str) -> dict[str, np.ndarray]:
     """Readable images of one split: 'path' and 'label'."""
+    name = split_parts(name)[0]   # the alias resolved, e.g. 'validation' -> 'val'
     if name not in self._listings:
       index = {c: i for i, c in enumerate(self.classes())}
       annotations = self.root / f"images_variant_{name}.txt"
@@ -94,14 +91,8 @@ class AircraftSource(sources.Source):
     return self._listings[name]
 
   def _columns(self, split: str) -> dict[str, np.ndarray]:
-    parts = split_parts(split)
-    if len(parts) > 1:
-      listings = [self._listing(p) for p in parts]
-      return {k: np.concatenate([part[k] for part in listings]) for k in ("path", "label")}
-    listing = self._listing(parts[0])
-    _, start, stop = splits.parse(split)
-    first, last = splits.bounds(start, stop, len(listing["path"]))
-    return {k: v[first:last] for k, v in listing.items()}
+    split_parts(split)            # every part is a split of the dataset
+    return splits.select(split, self._listing)
 
   def num_examples(self, split: str) -> int:
     return len(self._columns(split)["path"])

@@ -3,7 +3,8 @@
 Layout (``config.data.path = DIR``):
   * Splits: if ``DIR/<split>`` exists (``train``, ``val``...; 'validation' and 'val' stand in
     for each other) that folder is the split, else the whole of ``DIR`` serves every split.
-    tfds slicing works on top: ``train[:10000]`` is the first 10,000 files in sorted order.
+    tfds slicing works on top: ``train[:10000]`` is the first 10,000 files in sorted order;
+    '+' joins whole splits: ``train+val`` is train's files, then val's.
   * Labels: the sorted names of the sub-folders of the *training* split's folder are the
     classes (ImageNet's ``train/n01440764/*.JPEG`` layout). A file's label is the index of the
     first folder on its path below the split folder; files directly in the split folder, or
@@ -63,7 +64,7 @@ class FolderSource(sources.Source):
     return tuple(names) or ("train",)
 
   def classes(self) -> list[str]:
-    train_dir = self.split_dir(splits.parse(self._train_split)[0])
+    train_dir = self.split_dir(splits.parse(splits.parts(self._train_split)[0])[0])
     return sorted(d.name for d in train_dir.iterdir() if d.is_dir()) if train_dir.is_dir() else []
 
   def num_classes(self) -> int:
@@ -112,24 +113,18 @@ class FolderSource(sources.Source):
     return {str(f.relative_to(self.mask_root).with_suffix("")): usable[str(f)]
             for f in files if usable[str(f)]}
 
-  def _slice(self, split: str, with_masks: bool) -> tuple[dict[str, np.ndarray], int, int]:
-    name, start, stop = splits.parse(split)
-    listing = self._listing(name, with_masks)
-    first, last = splits.bounds(start, stop, len(listing["path"]))
-    return listing, first, last
-
   def num_examples(self, split: str) -> int:
-    _, first, last = self._slice(split, with_masks=False)
-    return last - first
+    return len(splits.select(split, lambda name: self._listing(name, False))["path"])
 
   def reader(self, split: str, *, process_index: int, process_count: int,
              with_masks: bool) -> sources.Reader:
-    listing, first, last = self._slice(split, with_masks)
-    index = first + sources.share(last - first, process_index, process_count)
+    listing = splits.select(split, lambda name: self._listing(name, with_masks))
+    size = len(listing["path"])
+    index = sources.share(size, process_index, process_count)
     columns = {"path": listing["path"][index].astype(str), "label": listing["label"][index]}
     if with_masks:
       columns["mask_path"] = listing["mask_path"][index].astype(str)
-    return sources.IndexedReader(columns, last - first, self.load_row,
+    return sources.IndexedReader(columns, size, self.load_row,
                                  _read_mask if with_masks else None)
 
 

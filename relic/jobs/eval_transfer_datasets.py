@@ -28,8 +28,9 @@ Hyper-parameters (the linear protocol's L2 strength, the fine-tune protocol's ra
 ``finetune.lr_grid`` is swept) are chosen as in SimCLR's transfer appendix: on the validation
 split the dataset's authors specify for VOC2007, DTD, Flowers-102 and FGVC Aircraft (fit on
 'train', score on 'validation', then refit on 'train+validation' and report 'test';
-``holdout_split``), else on a part of the train split held out at random (linear) or as a
-prefix (fine-tune).
+``holdout_split``), and on an image folder's ``val/`` when it has one next to ``train/`` and
+``test/``; else on a part of the train split held out at random (linear) or as a prefix
+(fine-tune).
 
 Scoring follows the literature (SimCLR / BYOL transfer tables): mean per-class accuracy for
 Pets, Caltech-101, Flowers-102 and Aircraft, top-1 for the others; both are always reported.
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pathlib
 
 from relic.config import ConfigError
 
@@ -88,6 +90,18 @@ UNAVAILABLE = {
 }
 
 
+def image_folder(path: str) -> TransferDataset:
+  """An image folder with ``train/`` and ``test/`` split folders. If it also has ``val/`` (or
+  ``validation/``), that official validation split scores the hyper-parameters and the final
+  fit uses train+val, as for the tfds datasets that have one; else a part of train does."""
+  name = path.rstrip("/").rsplit("/", 1)[-1] or "folder"
+  root = pathlib.Path(path).expanduser()
+  val = next((v for v in ("val", "validation") if (root / v).is_dir()), "")
+  if val and (root / "test").is_dir():
+    return TransferDataset(name, "folder", path, f"train+{val}", "test", holdout_split=val)
+  return TransferDataset(name, "folder", path, "train", "test")
+
+
 def aircraft(path: str) -> TransferDataset:
   """FGVC Aircraft (variants) read from its download folder: SimCLR's protocol, hyper-parameters
   chosen on 'val', the final fit on 'train+val', mean per-class accuracy on 'test'."""
@@ -111,9 +125,7 @@ def resolve(entry: str) -> TransferDataset:
   if name == "fgvc_aircraft":
     return aircraft(path)
   if entry.startswith("folder:"):
-    path = entry[len("folder:"):]
-    return TransferDataset(path.rstrip("/").rsplit("/", 1)[-1] or "folder", "folder", path,
-                           "train", "test")
+    return image_folder(entry[len("folder:"):])
   parts = entry.split(":")
   if len(parts) == 3 and all(parts):
     return TransferDataset(parts[0].replace("/", "_"), "tfds", *parts)
