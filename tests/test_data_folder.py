@@ -77,12 +77,17 @@ def test_class_folders_splits_and_masks_by_stem(tmp_path):
   assert pipeline.num_examples(config, "train[1:]") == 5
   labels = np.concatenate([b["label"][b["valid"]] for b in pipeline.eval_batches(
       config, split="train", batch_size=4, image_size=8)])
-  np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, -1])       # sorted paths
+  # Stored in the fixed pseudo-random order of the paths below the split folder.
+  names = ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "loose.png"]
+  sorted_labels = np.array([0, 0, 0, 1, 1, -1])
+  train_order = sources.stored_order(names)
+  np.testing.assert_array_equal(labels, sorted_labels[train_order])
   # '+' joins whole splits, in order: train's files, then val's (classes from train's folders).
   assert pipeline.num_examples(config, "train+validation") == 9
   joined = np.concatenate([b["label"][b["valid"]] for b in pipeline.eval_batches(
       config, split="train+val", batch_size=4, image_size=8)])
-  np.testing.assert_array_equal(joined, [0, 0, 0, 1, 1, -1, 0, 1, 1])
+  val_labels = np.array([0, 1, 1])[sources.stored_order(["cat/0.png", "dog/0.png", "dog/1.png"])]
+  np.testing.assert_array_equal(joined, np.concatenate([sorted_labels[train_order], val_labels]))
   with pytest.raises(ConfigError, match="Cannot slice the parts"):
     pipeline.check_data_config(folder_config(root, train_split="train[:2]+val"))
   from relic.data.sources import get_source
@@ -173,8 +178,11 @@ def test_fgvc_aircraft_reads_the_official_splits_and_cuts_the_banner(tmp_path):
       # The photograph only: 20 banner rows (white) gone, its dark pixels all kept.
       assert image.shape == (aircraft_data.HEIGHT, aircraft_data.WIDTH, 3)
       assert image.mean(axis=(1, 2)).max() < 120
+      assert int(example["label"]) == aircraft_data.decode_label(image)   # 'F/A-18' included
       labels.append(int(example["label"]))
-    assert labels == [label for _, label in rows]       # variants.txt order, 'F/A-18' included
+    assert sorted(labels) == sorted(label for _, label in rows)
+    # Stored shuffled, not in the annotation file's by-variant order.
+    assert labels != [label for _, label in rows]
   with pytest.raises(ValueError, match="Cannot slice the parts"):
     pipeline.num_examples(config, "train[:2]+val")
   (base / "data" / "images_variant_val.txt").unlink()
@@ -183,3 +191,20 @@ def test_fgvc_aircraft_reads_the_official_splits_and_cuts_the_banner(tmp_path):
   with pytest.raises(ConfigError, match="has no split 'minival'"):
     pipeline.check_data_config(folder_config(base, source="fgvc_aircraft",
                                              train_split="minival"))
+
+
+def test_a_slice_of_a_class_folder_split_samples_every_class(tmp_path):
+  """Stored in a fixed pseudo-random order (as tfds stores a prepared split), the first files of
+  a split come from every class, not from the first class folders: the linear probe's hold-out
+  train[:N] and a fine-tuning hold-out prefix stay representative."""
+  for c in range(5):
+    for i in range(20):
+      write(tmp_path / "data" / "train" / f"class_{c}" / f"{i:02d}.png",
+            np.full((8, 8, 3), c, np.uint8))
+  config = folder_config(tmp_path / "data")
+  first = np.concatenate([b["label"][b["valid"]] for b in pipeline.eval_batches(
+      config, split="train[:25]", batch_size=5, image_size=8)])
+  assert len(first) == 25 and len(set(first.tolist())) == 5   # sorted by path: 2 classes
+  again = np.concatenate([b["label"][b["valid"]] for b in pipeline.eval_batches(
+      config, split="train[:25]", batch_size=5, image_size=8)])
+  np.testing.assert_array_equal(first, again)                  # the same order every time

@@ -9,7 +9,9 @@ robots.ox.ac.uk/~vgg/data/fgvc-aircraft:
     ``train``, ``val``, ``trainval`` and ``test`` (3,334 / 3,333 / 6,667 / 3,333 images).
     Variant names contain spaces and slashes ('F/A-18'), so they cannot be folder names.
 
-Splits: those four ('validation' means 'val'), tfds slicing (``test[:100]``), and '+' joins of
+Splits: those four ('validation' means 'val'), tfds slicing (``test[:100]``: the annotation
+files list images by variant, so a split is stored in the fixed pseudo-random order of
+:func:`relic.data.sources.stored_order`, and a slice samples every variant), and '+' joins of
 whole splits (``train+val``), which the transfer protocol uses to choose hyper-parameters on
 'val' and then train on both. The bottom 20 rows of every image are a copyright banner that
 the dataset's README asks users to remove; :data:`BANNER_ROWS` are cut before any crop. The
@@ -86,6 +88,8 @@ class AircraftSource(sources.Source):
         labels.append(index[variant])
       usable = image_check.validate(paths, self._cache, f"FGVC-Aircraft {name} images")
       keep = [i for i, p in enumerate(paths) if usable[p]]
+      # The annotation files list images by variant: store them shuffled (see stored_order).
+      keep = [keep[i] for i in sources.stored_order([pathlib.Path(paths[i]).stem for i in keep])]
       self._listings[name] = {"path": np.array([usable[paths[i]] for i in keep], dtype=object),
                               "label": np.array([labels[i] for i in keep], np.int32)}
     return self._listings[name]

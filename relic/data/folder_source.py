@@ -3,8 +3,10 @@
 Layout (``config.data.path = DIR``):
   * Splits: if ``DIR/<split>`` exists (``train``, ``val``...; 'validation' and 'val' stand in
     for each other) that folder is the split, else the whole of ``DIR`` serves every split.
-    tfds slicing works on top: ``train[:10000]`` is the first 10,000 files in sorted order;
-    '+' joins whole splits: ``train+val`` is train's files, then val's.
+    tfds slicing works on top. A split's files are stored in a fixed pseudo-random order
+    (:func:`relic.data.sources.stored_order` of their paths below the split folder), as tfds
+    stores a prepared split shuffled: ``train[:10000]`` is 10,000 files drawn from every class,
+    not the first class folders. '+' joins whole splits: ``train+val`` is train's, then val's.
   * Labels: the sorted names of the sub-folders of the *training* split's folder are the
     classes (ImageNet's ``train/n01440764/*.JPEG`` layout). A file's label is the index of the
     first folder on its path below the split folder; files directly in the split folder, or
@@ -78,12 +80,13 @@ class FolderSource(sources.Source):
     files = self.image_files(folder)
     usable = image_check.validate([str(f) for f in files], self._cache, f"images under {folder}")
     class_index = {c: i for i, c in enumerate(self.classes())}
-    paths, labels, masks = [], [], []
+    names, paths, labels, masks = [], [], [], []
     mask_files = self._mask_index() if with_masks else {}
     for f in files:
       if not usable[str(f)]:
         continue
       parts = f.relative_to(folder).parts
+      names.append("/".join(parts))
       paths.append(usable[str(f)])
       labels.append(class_index.get(parts[0], -1) if len(parts) > 1 else -1)
       masks.append(mask_files.get(str(f.relative_to(self.root).with_suffix("")), ""))
@@ -92,8 +95,10 @@ class FolderSource(sources.Source):
       if missing:
         logging.warning("%d of %d images under %s have no (readable) mask under %s; they are "
                         "used unmasked.", missing, len(paths), folder, self.mask_root)
-    listing = dict(path=np.array(paths, dtype=object), label=np.array(labels, np.int32),
-                   mask_path=np.array(masks, dtype=object))
+    order = sources.stored_order(names)
+    listing = dict(path=np.array(paths, dtype=object)[order],
+                   label=np.array(labels, np.int32)[order],
+                   mask_path=np.array(masks, dtype=object)[order])
     self._listings[(name, with_masks)] = listing
     return listing
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import hashlib
 import json
 
 import ml_collections
@@ -70,6 +71,20 @@ class Source(abc.ABC):
   def reader(self, split: str, *, process_index: int, process_count: int,
              with_masks: bool) -> Reader:
     ...
+
+
+def stored_order(names: list[str]) -> np.ndarray:
+  """A fixed pseudo-random order of examples named ``names`` (paths, ids): argsort of a hash
+  of each name.
+
+  The folder sources store their examples in this order, not sorted by class, for the reason
+  tfds shuffles a split once when it prepares it: a slice (the linear probe's hold-out
+  ``train[:10000]``, a fine-tuning hold-out prefix, ``test[:500]`` for a quick look) is then a
+  sample of every class instead of the first few class folders. Keyed by name only, the order
+  is the same in every process and every run, whatever else the folder holds.
+  """
+  keys = [hashlib.sha1(name.encode()).digest() for name in names]
+  return np.array(sorted(range(len(names)), key=keys.__getitem__), np.int64)
 
 
 def share(num: int, process_index: int, process_count: int) -> np.ndarray:
