@@ -10,6 +10,9 @@ Recipe [recon, SimCLR's fine-tuning]: the whole network + a zero-initialised lin
   1024, cosine, no weight decay, random-resized crop + flip; 60 epochs for 1pct, 30 for 10pct and
   full. Rate sweep: --config.finetune.lr_grid=0.01,0.02,0.05,0.1 (each rate a full run scored on
   a 10% hold-out of the labelled examples, then the best retrained on all of them).
+ImageNet as an image folder (--config.data.source=folder --config.data.path=DIR, DIR/train/<wnid>/):
+  SimCLR's lists by file name, --config.finetune.subset_file=1percent.txt (or 10percent.txt,
+  from SimCLR's imagenet_subsets/), with subset=full.
 Other datasets: set config.data (e.g. --config.data.source=folder --config.data.path=DIR); a
   1pct/10pct subset is then a deterministic class-balanced fraction of the train split
   (finetune.label_fraction for any other fraction, finetune.subset_seed to redraw it).

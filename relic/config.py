@@ -113,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
       label_fraction=0.0,       # sources without SimCLR's lists: class-balanced fraction of the
                                 # train split; 0 = from subset (1pct -> 0.01, 10pct -> 0.1).
       subset_seed=0,            # fixes which examples a label_fraction subset holds.
+      # A file of training image names, one per line (SimCLR's 1percent.txt / 10percent.txt):
+      # with an image-folder ImageNet, the same subset as tfds's lists. '' = none.
+      subset_file="",
       batch_size=1024,
       num_epochs=30.0,          # [recon] SimCLR: 60 for 1pct, 30 for 10pct (configs/finetune.py).
       base_lr=0.05,             # x batch_size / 256 [recon, SimCLR's fine-tuning rate].

@@ -8,14 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from relic import config as config_lib
 from relic import parallel
 from relic.config import ConfigError
-from relic.data import objectnet_classes
+from relic.data import objectnet_classes, sources
 from relic.evaluators import accuracy, class_subsets, label_subsets, linear_heads
 from relic.evaluators import linear, multilabel
-from relic.jobs import eval_pretrained, eval_robustness_sets, eval_transfer_datasets, robustness
+from relic.jobs import eval_pretrained, eval_robustness_sets, eval_transfer_datasets, finetune
+from relic.jobs import robustness
 
 
 def test_imagenet_r_classes_match_the_imagenet_label_order():
@@ -344,3 +346,38 @@ def test_transfer_config_scores_voc2007_with_both_protocols():
   finetune = module.get_config("finetune").transfer
   assert "finetune" in finetune.protocols and "voc2007" in finetune.datasets
   assert len(finetune.datasets) == 11
+
+
+def test_finetune_subset_file_takes_the_listed_images_of_an_image_folder(tmp_path):
+  """SimCLR's 1% / 10% lists name ImageNet training images by file name: with ImageNet as an
+  image folder, finetune.subset_file trains on exactly those images."""
+  rng = np.random.default_rng(0)
+  for wnid in ("n01440764", "n01443537"):
+    (tmp_path / "imagenet" / "train" / wnid).mkdir(parents=True)
+    for i in range(4):
+      Image.fromarray(rng.integers(0, 256, (12, 12, 3), np.uint8)).save(
+          tmp_path / "imagenet" / "train" / wnid / f"{wnid}_{i}.JPEG", format="JPEG")
+  listed = ["n01440764_1.JPEG", "n01443537_0.JPEG", "n01443537_3.JPEG"]
+  (tmp_path / "1percent.txt").write_text("\n".join(listed) + "\n")
+  config = config_lib.base_config()
+  config.data.update(dict(source="folder", path=str(tmp_path / "imagenet"), mask_prob=0.0,
+                          cache_dir=str(tmp_path / "cache")))
+  config.finetune.subset_file = str(tmp_path / "1percent.txt")
+  finetune.check_settings(config)
+  finetune.check_data(config)
+  data_config, examples, described = finetune.training_examples(config)
+  assert described["num_examples"] == 3 and described["per_class"] == [1, 2]
+  names = sources.get_source(data_config).example_names("train")[examples.indices]
+  assert sorted(n.rsplit("/", 1)[-1] for n in names) == listed
+  # A list made for other data, a list next to a fraction, a source without file names: refused.
+  (tmp_path / "other.txt").write_text("n01440764_1.JPEG\nn09999999_7.JPEG\n")
+  config.finetune.subset_file = str(tmp_path / "other.txt")
+  with pytest.raises(ConfigError, match=r"1 of the 2 images listed .*n09999999_7"):
+    finetune.check_data(config)
+  config.finetune.subset = "1pct"
+  with pytest.raises(ConfigError, match="cannot be combined"):
+    finetune.check_settings(config)
+  config.finetune.subset = "full"
+  config.data.source = "builtin"
+  with pytest.raises(ConfigError, match="does not have"):
+    finetune.check_data(config)

@@ -98,7 +98,8 @@ class FolderSource(sources.Source):
     order = sources.stored_order(names)
     listing = dict(path=np.array(paths, dtype=object)[order],
                    label=np.array(labels, np.int32)[order],
-                   mask_path=np.array(masks, dtype=object)[order])
+                   mask_path=np.array(masks, dtype=object)[order],
+                   name=np.array(names, dtype=object)[order])
     self._listings[(name, with_masks)] = listing
     return listing
 
@@ -120,6 +121,11 @@ class FolderSource(sources.Source):
 
   def num_examples(self, split: str) -> int:
     return len(splits.select(split, lambda name: self._listing(name, False))["path"])
+
+  def example_names(self, split: str) -> np.ndarray:
+    """Each example's path below its split folder ('n01440764/n01440764_10026.JPEG'), in the
+    stored order (the index of an example in ``split``)."""
+    return splits.select(split, lambda name: self._listing(name, False))["name"].astype(str)
 
   def reader(self, split: str, *, process_index: int, process_count: int,
              with_masks: bool) -> sources.Reader:

@@ -72,6 +72,10 @@ class Source(abc.ABC):
              with_masks: bool) -> Reader:
     ...
 
+  def example_names(self, split: str) -> np.ndarray:
+    """A name per example of ``split`` (its file path) in stored order, for sources of files."""
+    raise NotImplementedError(f"{type(self).__name__} has no example file names.")
+
 
 def stored_order(names: list[str]) -> np.ndarray:
   """A fixed pseudo-random order of examples named ``names`` (paths, ids): argsort of a hash

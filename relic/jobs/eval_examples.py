@@ -19,6 +19,7 @@ from typing import Iterator
 import jax
 import numpy as np
 import tensorflow as tf
+from etils import epath
 
 from relic.config import ConfigError
 from relic.data import pipeline, seeds, sources, splits, views
@@ -216,3 +217,38 @@ def label_fraction_subset(config, split: str, fraction: float, seed: int) -> np.
   labelled = np.flatnonzero(labels >= 0)
   total = label_subsets.subset_size(len(labelled), fraction)
   return labelled[label_subsets.class_balanced_subset(labels[labelled], total, seed)]
+
+
+def file_list_subset(config, split: str, path: str) -> np.ndarray:
+  """Sorted indices of the examples of ``split`` whose file names are listed in ``path`` (one
+  per line, e.g. SimCLR's ImageNet 1percent.txt: 'n01440764_10026.JPEG'), matched by file name
+  (the last part of a listed path and of each example's path).
+
+  Raises:
+    ConfigError: the source has no file names, or a listed name is not in the split (the
+      subset would silently differ from the list).
+  """
+  try:
+    names = sources.get_source(config).example_names(split)
+  except NotImplementedError:
+    raise ConfigError(f"config.finetune.subset_file selects images by file name, which the "
+                      f"{config.data.source!r} source does not have. Fix: use an image-folder "
+                      "source (for tfds imagenet2012, finetune.subset='1pct'/'10pct' already "
+                      "reads SimCLR's lists), or finetune.label_fraction.") from None
+  with epath.Path(path).open() as f:
+    wanted = [line.strip() for line in f if line.strip()]
+  index = {}
+  for i, name in enumerate(names):
+    index.setdefault(name.rsplit("/", 1)[-1], []).append(i)
+  missing = [w for w in wanted if w.rsplit("/", 1)[-1] not in index]
+  if missing:
+    raise ConfigError(f"config.finetune.subset_file: {len(missing)} of the {len(wanted)} images "
+                      f"listed in {path} are not in {split!r} of {config.data.path} (e.g. "
+                      f"{missing[:3]}). Fix: point data.path at the dataset the list was made "
+                      "for, or use finetune.label_fraction.")
+  ambiguous = [w for w in wanted if len(index[w.rsplit("/", 1)[-1]]) > 1]
+  if ambiguous:
+    raise ConfigError(f"config.finetune.subset_file: file names such as {ambiguous[:3]} occur "
+                      f"more than once in {split!r}; a list of names cannot tell them apart. "
+                      "Fix: use finetune.label_fraction.")
+  return np.unique([index[w.rsplit("/", 1)[-1]][0] for w in wanted]).astype(np.int64)

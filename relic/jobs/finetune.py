@@ -6,7 +6,9 @@ subsets, SimCLR's lists (tfds ``imagenet2012_subset/1pct`` and ``/10pct``), chos
 folder, other tfds datasets) has no official list: ``subset='1pct'`` / ``'10pct'`` or
 ``finetune.label_fraction`` then draw a deterministic class-balanced fraction of the train
 split (relic/evaluators/label_subsets.py), whose size and per-class counts are recorded in the
-results. The transfer job reuses :func:`finetune_and_evaluate` for its fine-tune protocol.
+results. ImageNet as an image folder takes SimCLR's own lists by file name:
+``finetune.subset_file=1percent.txt`` (every listed image must be in the train split). The
+transfer job reuses :func:`finetune_and_evaluate` for its fine-tune protocol.
 
 Training: random-resized crops + flips; BatchNorm in train mode, its statistics over the
 *global* batch (the step is written on global arrays, so under ``jax.jit`` XLA reduces over all
@@ -49,7 +51,8 @@ from relic.evaluators import accuracy, features as features_lib, multilabel
 from relic.evaluators.progress import Progress
 from relic.jobs import eval_pretrained, eval_results
 from relic.jobs.eval_examples import (Examples, dataset_name, eval_data_config,
-                                      label_fraction_subset, named_part_problem, split_labels)
+                                      file_list_subset, label_fraction_subset, named_part_problem,
+                                      split_labels)
 from relic.metrics import MetricsLogger
 from relic.models import LinearHead
 from relic.train_state import FinetuneState
@@ -58,7 +61,8 @@ SUBSETS = {"1pct": 0.01, "10pct": 0.1, "full": 0.0}
 TFDS_SUBSET_DATASETS = ("imagenet2012",)   # datasets with SimCLR's lists in tfds
 SWEEP_DIR = "sweep"
 RUN_RESULT = "run_result.json"
-_RESUME_FIELDS = ("subset", "label_fraction", "subset_seed", "batch_size", "num_epochs",
+_RESUME_FIELDS = ("subset", "label_fraction", "subset_seed", "subset_file", "batch_size",
+                  "num_epochs",
                   "momentum", "weight_decay", "warmup_epochs", "image_size", "head_lr_multiplier")
 
 
@@ -73,12 +77,15 @@ def validate(config) -> None:
 def check_data(config) -> None:
   """What the dataset must offer for ``config.finetune`` (after pipeline.check_data_config)."""
   ft = config.finetune
-  subset = uses_tfds_subset(config) or label_fraction(config) not in (0.0, 1.0)
+  subset = (uses_tfds_subset(config) or label_fraction(config) not in (0.0, 1.0)
+            or bool(ft.subset_file))
   if subset and pipeline.is_multilabel(config):
     raise ConfigError(
         f"config.data.dataset={config.data.dataset!r} is multi-label (a set of classes per "
-        f"image): fine-tuning it trains on the whole split. Fix: finetune.subset='full' and "
-        f"finetune.label_fraction=0.")
+        f"image): fine-tuning it trains on the whole split. Fix: finetune.subset='full', "
+        f"finetune.label_fraction=0 and no finetune.subset_file.")
+  if ft.subset_file:
+    file_list_subset(config, config.data.train_split, ft.subset_file)   # every name is there
   if ft.holdout_split and len(ft.lr_grid) > 1:
     problem = named_part_problem(config.data.train_split, ft.holdout_split, subset)
     if problem:
@@ -96,6 +103,12 @@ def check_settings(config) -> None:
           f"choose one of {sorted(SUBSETS)}")
   require(0.0 <= ft.label_fraction <= 1.0, "label_fraction",
           f"must be in [0, 1], got {ft.label_fraction}", "use e.g. 0.01, or 0 to follow subset")
+  require(not ft.subset_file or epath.Path(ft.subset_file).exists(), "subset_file",
+          f"{ft.subset_file!r} not found", "point it at a list of training image names, one per "
+          "line (SimCLR's 1percent.txt / 10percent.txt), or leave it empty")
+  require(not (ft.subset_file and (ft.subset != "full" or ft.label_fraction)), "subset_file",
+          "cannot be combined with finetune.subset or finetune.label_fraction",
+          "keep subset='full' and label_fraction=0 with a subset file")
   require(ft.batch_size > 0, "batch_size", f"must be > 0, got {ft.batch_size}", "use e.g. 1024")
   require(ft.num_epochs > 0, "num_epochs", f"must be > 0, got {ft.num_epochs}", "use e.g. 30")
   require(ft.base_lr > 0 and all(lr > 0 for lr in ft.lr_grid), "lr_grid",
@@ -133,6 +146,12 @@ def training_examples(config) -> tuple[Any, Examples, dict[str, Any]]:
   config = data_config(config)
   ft = config.finetune
   fraction = label_fraction(config)
+  if ft.subset_file:
+    indices = file_list_subset(config, config.data.train_split, ft.subset_file)
+    counts = np.bincount(split_labels(config, config.data.train_split)[indices])
+    return config, Examples(config, config.data.train_split, indices), {
+        "kind": f"the images listed in {ft.subset_file}", "num_examples": int(len(indices)),
+        "per_class": counts.tolist()}
   if tfds_subset or not fraction or fraction >= 1.0:
     examples = Examples(config, config.data.train_split)
     kind = (f"tfds {config.data.dataset} (SimCLR's list)" if tfds_subset else "full split")
