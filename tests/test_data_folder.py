@@ -183,6 +183,7 @@ def test_fgvc_aircraft_reads_the_official_splits_and_cuts_the_banner(tmp_path):
     assert sorted(labels) == sorted(label for _, label in rows)
     # Stored shuffled, not in the annotation file's by-variant order.
     assert labels != [label for _, label in rows]
+    assert sorted(source.example_names(split)) == sorted(f"{i}.jpg" for i, _ in rows)
   with pytest.raises(ValueError, match="Cannot slice the parts"):
     pipeline.num_examples(config, "train[:2]+val")
   (base / "data" / "images_variant_val.txt").unlink()

@@ -91,7 +91,9 @@ class AircraftSource(sources.Source):
       # The annotation files list images by variant: store them shuffled (see stored_order).
       keep = [keep[i] for i in sources.stored_order([pathlib.Path(paths[i]).stem for i in keep])]
       self._listings[name] = {"path": np.array([usable[paths[i]] for i in keep], dtype=object),
-                              "label": np.array([labels[i] for i in keep], np.int32)}
+                              "label": np.array([labels[i] for i in keep], np.int32),
+                              "name": np.array([pathlib.Path(paths[i]).name for i in keep],
+                                               dtype=object)}
     return self._listings[name]
 
   def _columns(self, split: str) -> dict[str, np.ndarray]:
@@ -100,6 +102,10 @@ class AircraftSource(sources.Source):
 
   def num_examples(self, split: str) -> int:
     return len(self._columns(split)["path"])
+
+  def example_names(self, split: str) -> np.ndarray:
+    """Each example's file name ('1025794.jpg') in stored order."""
+    return self._columns(split)["name"].astype(str)
 
   def reader(self, split: str, *, process_index: int, process_count: int,
              with_masks: bool) -> sources.Reader:

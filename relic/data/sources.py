@@ -72,9 +72,11 @@ class Source(abc.ABC):
              with_masks: bool) -> Reader:
     ...
 
-  def example_names(self, split: str) -> np.ndarray:
-    """A name per example of ``split`` (its file path) in stored order, for sources of files."""
-    raise NotImplementedError(f"{type(self).__name__} has no example file names.")
+  def example_names(self, split: str) -> np.ndarray | None:
+    """A name per example of ``split`` (its file path) in stored order; None for a source whose
+    examples are not files (tfds records, the built-in arrays)."""
+    del split
+    return None
 
 
 def stored_order(names: list[str]) -> np.ndarray:

@@ -228,13 +228,12 @@ def file_list_subset(config, split: str, path: str) -> np.ndarray:
     ConfigError: the source has no file names, or a listed name is not in the split (the
       subset would silently differ from the list).
   """
-  try:
-    names = sources.get_source(config).example_names(split)
-  except NotImplementedError:
+  names = sources.get_source(config).example_names(split)
+  if names is None:
     raise ConfigError(f"config.finetune.subset_file selects images by file name, which the "
                       f"{config.data.source!r} source does not have. Fix: use an image-folder "
                       "source (for tfds imagenet2012, finetune.subset='1pct'/'10pct' already "
-                      "reads SimCLR's lists), or finetune.label_fraction.") from None
+                      "reads SimCLR's lists), or finetune.label_fraction.")
   with epath.Path(path).open() as f:
     wanted = [line.strip() for line in f if line.strip()]
   index = {}
