@@ -22,8 +22,7 @@ Runtime: the augmented protocol decodes and crops 128M images (100 epochs); on o
   needs one pass over ImageNet (tens of minutes) plus minutes for the heads.
 """
 
-from relic.config import check_config_args, parse_config_arg
-from relic.jobs.eval_configs import apply_eval_runlocal, imagenet_eval_config
+from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
 
 
 def get_config(arg=None):

@@ -40,8 +40,8 @@ def get_config(arg=None):
                            eval_every_steps=0))
   config.probe.lr = 0.1
   config.knn.num_train_examples = 10_000
-  config.final_eval.update(dict(enabled=True, num_train_examples=10_000,
-                                extra_splits=("test_ood",)))
+  config.evaluators.final = ("frozen",)
+  config.final_eval.update(dict(num_train_examples=10_000, extra_splits=("test_ood",)))
   if "runlocal" in options:
     config.data.builtin.update(dict(num_train=512, num_test=256))
     config.train.update(dict(batch_size=64, num_epochs=1.0, log_every_steps=2))

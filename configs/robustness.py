@@ -5,7 +5,7 @@ Command (after configs/linear_probe.py has finished in PROBE_DIR):
       --workdir=DIR
   The encoder is the one the probe was fit on (probe_head.json; its weights are checked by
   fingerprint); --config.pretrained=PATH points at a moved copy of it.
-Test sets (relic/jobs/eval_robustness_sets.py, tfds names): imagenet_v2/matched-frequency,
+Test sets (relic/data/robustness_sets.py, tfds names): imagenet_v2/matched-frequency,
   threshold-0.7, topimages; imagenet_r (predictions restricted to its 200 classes);
   imagenet_sketch; imagenet2012_corrupted/<corruption>_<severity> for the 15 benchmark
   corruptions x 5 severities (per corruption and mean); ObjectNet (not in tfds) with
@@ -21,8 +21,7 @@ Expected: see the paper's robustness table (ObjectNet top-1 25.9 for ReLICv2 Res
   section 6); ImageNet-C alone is 75 x 50,000 images.
 """
 
-from relic.config import check_config_args, parse_config_arg
-from relic.jobs.eval_configs import apply_eval_runlocal, imagenet_eval_config
+from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
 
 
 def get_config(arg=None):

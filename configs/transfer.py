@@ -5,7 +5,7 @@ Command (all eleven datasets tfds provides, linear protocol):
       --config.pretrained=WORKDIR_OR_CHECKPOINT --workdir=DIR
   One or a few datasets: --config.transfer.datasets=cifar10,dtd
   Fine-tuning as well:   configs/transfer.py:finetune (or --config.transfer.protocols=linear,finetune)
-Datasets (relic/jobs/eval_transfer_datasets.py): food101, cifar10, cifar100, caltech_birds2011
+Datasets (relic/data/transfer_datasets.py): food101, cifar10, cifar100, caltech_birds2011
   (substitute for Birdsnap, which is not in tfds), sun397 (sun397/tfds), cars196, voc2007
   (voc/2007), dtd, oxford_iiit_pet, caltech101, oxford_flowers102 (prepare each with
   `tfds build NAME` once); FGVC Aircraft, not in tfds, from its unpacked download as
@@ -25,8 +25,7 @@ Variants: 'runlocal': the built-in dataset as the target, minutes on a CPU:
 Expected: see the paper's transfer table (e.g. fine-tuned CIFAR-100 85.3, Stanford Cars 92.3).
 """
 
-from relic.config import check_config_args, parse_config_arg
-from relic.jobs.eval_configs import apply_eval_runlocal, imagenet_eval_config
+from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
 
 
 def get_config(arg=None):

@@ -98,9 +98,9 @@ def write_voc_layout(root: pathlib.Path, photos: pathlib.Path, masks: pathlib.Pa
 def segmentation_train(root: pathlib.Path, cache: pathlib.Path, seconds: float) -> dict:
   config = config_lib.base_config()
   config.data.cache_dir = str(cache)
-  config.segmentation.update(dict(dataset="voc2012", path=str(root), train_split="train",
-                                  eval_split="train",
-                                  crop_size=_SEG_CROP.value))
+  config.data.update(dict(source="voc2012", path=str(root), train_split="train",
+                          eval_split="train"))
+  config.segmentation.crop_size = _SEG_CROP.value
   seg_data.check(config)
   rate, count = measure(seg_data.train_batches(config, batch_size=_BATCH.value, seed=0),
                         _BATCH.value, seconds)

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench_step import cost_value, peak_flops_per_device, peak_memory_bytes, timed
-from relic import config as config_lib, parallel, segmentation_step as seg_step
+from relic import config as config_lib, parallel
+from relic.train import segmentation_step as seg_step
 from relic.models import encoder_from_config
 
 TINY = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=8, small_images=True)

@@ -79,10 +79,11 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from relic import config as config_lib
-from relic import objectives, parallel, pretrain_step, schedules
+from relic import objectives, parallel, schedules
+from relic.train import divergence, pretrain_step
 from relic.models import LinearHead, networks_from_config
 from relic.optim import make_optimizer, step_scheduled
-from relic.train_state import create_train_state
+from relic.train.states import create_train_state
 
 # Dense peak FLOP/s per device: (bfloat16, float32 at default precision, float32 at 'highest'),
 # matched on a lower-cased substring of ``device.device_kind``; first match wins.
@@ -236,10 +237,10 @@ def build_step(config, names: tuple[str, ...], num_classes: int):
   def ema(step):
     return schedules.ema_rate(step, total_steps, config.ema.base_rate)
 
-  step = pretrain_step.make_pretrain_step(
+  step = divergence.guarded(pretrain_step.make_pretrain_step(
       config, online=online, target=target, optimizer=optimizer,
       probe_optimizer=probe_optimizer, learning_rate=learning_rate, ema_rate=ema,
-      num_classes=num_classes)
+      num_classes=num_classes), config.train.nan_policy)   # as the job runs it
 
   def init(rng):
     return create_train_state(rng, online=online, target=target, optimizer=optimizer,

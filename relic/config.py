@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from relic.data.config import SOURCES, data_config
+from relic.data.config import data_config
+from relic.errors import ConfigError, require  # noqa: F401  (ConfigError: re-exported)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -65,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
       stop_at_step=0,           # > 0: checkpoint and exit at this step (time-sliced runs); a
                                 # rerun of the same command continues. 0 = run to the end.
       fsdp=False,               # shard parameters + optimizer state over the data axis.
-      nan_policy="stop",        # 'stop' or 'skip' (skip up to max_skipped_steps).
+      nan_policy="stop",        # every job: 'stop' or 'skip' (skip up to max_skipped_steps).
       max_skipped_steps=10,
   ))
   config.data = data_config()
@@ -74,16 +75,21 @@ def base_config() -> ml_collections.ConfigDict:
       lr=0.2,
       num_classes=0,            # 0 = from the dataset.
   ))
+  # Evaluators of pretraining by name (relic/evaluators/registry.py): 'periodic' ones run every
+  # train.eval_every_steps and after the last step, 'final' ones once at the end and write
+  # results.json / results.md. Their settings are the sections below.
+  config.evaluators = ml_collections.ConfigDict(dict(
+      periodic=("knn",),
+      final=(),                 # e.g. ('frozen',): linear + kNN on frozen features.
+  ))
   config.knn = ml_collections.ConfigDict(dict(
-      enabled=True,
       k=20,
       temperature=0.07,
       num_train_examples=10_000,  # labelled bank size; 0 = the whole split.
   ))
   config.final_eval = ml_collections.ConfigDict(dict(
-      # After pretraining: linear classifier + kNN on frozen features, next to a random-init
-      # encoder of the same architecture; written to results.json / results.md.
-      enabled=False,
+      # The 'frozen' evaluator: linear classifier + kNN on frozen features, next to a
+      # random-init encoder of the same architecture.
       num_train_examples=10_000,  # train-split examples used (0 = all).
       num_test_examples=0,        # eval-split examples used (0 = all).
       extra_splits=(),            # more splits to report, e.g. ('test_ood',).
@@ -133,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=2,
   ))
   config.transfer = ml_collections.ConfigDict(dict(
-      # Names from relic/jobs/eval_transfer_datasets.py, or 'tfds_name:train_split:test_split'.
+      # Names from relic/data/transfer_datasets.py, or 'tfds_name:train_split:test_split'.
       datasets=("food101", "cifar10", "cifar100", "caltech_birds2011", "sun397", "cars196",
                 "voc2007", "dtd", "oxford_iiit_pet", "caltech101", "oxford_flowers102"),
       protocols=("linear",),    # 'linear' (frozen features) and/or 'finetune' (config.finetune).
@@ -149,13 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Semantic segmentation transfer (method.md section 5), BYOL's protocol: FCN-16s (the
       # encoder's last stage dilated, two 3x3 convs of 256 channels with dilation 6 + BN + ReLU,
       # a 1x1 classifier), per-pixel softmax cross-entropy, whole network trained.
-      dataset="voc2012",        # 'voc2012' (a VOC2012 folder at path), 'cityscapes' (tfds
-                                # cityscapes/semantic_segmentation) or 'builtin' (shapes, no download).
-      path="",                  # voc2012: the VOC2012 folder (JPEGImages/, SegmentationClassAug/ or
-                                # SegmentationClass/, ImageSets/Segmentation/<split>.txt).
-      data_dir="",              # cityscapes: tfds data_dir ('' = tfds default).
-      train_split="train_aug",  # VOC: 'train_aug' (10,582 images with SBD) or 'train' (1,464).
-      eval_split="val",
+      # Data: config.data (source 'voc2012', 'cityscapes' or 'builtin'; its train / eval splits).
       crop_size=513,            # training crops (after random scaling; padded with 'ignore').
       eval_size=(513, 513),     # (height, width) evaluated: central crop / padding of each image.
       min_scale=0.5,            # random rescaling of training images ...
@@ -178,7 +178,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.robustness = ml_collections.ConfigDict(dict(
       # The ImageNet linear head of a linear_probe run, no fine-tuning, on shifted test sets.
       probe="",                 # linear_probe workdir (its probe_head.npz + probe_head.json).
-      # Names from relic/jobs/eval_robustness_sets.py or 'dataset:split' ('' = data.dataset);
+      # Names from relic/data/robustness_sets.py or 'dataset:split' ('' = data.dataset);
       # () = the suite of data.source: built-in -> test + test_ood; else the ImageNet suite.
       datasets=(),
       corruptions=(),           # ImageNet-C corruptions; () = the 15 benchmark ones.
@@ -214,73 +214,85 @@ def check_config_args(options: dict[str, str], known: tuple[str, ...], config_na
                      f"{known[0] if known else ''}').")
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; raised before any compute starts."""
+# Moved fields and their new flags; main.py checks them first (ml_collections: "no such field").
+RENAMED = {
+    "segmentation.dataset": "--config.data.source={}",
+    "segmentation.path": "--config.data.source=voc2012 --config.data.path={}",
+    "segmentation.data_dir": "--config.data.source=cityscapes --config.data.data_dir={}",
+    "segmentation.train_split": "--config.data.train_split={}",
+    "segmentation.eval_split": "--config.data.eval_split={}",
+}
 
 
-def _require(ok: bool, field: str, problem: str, fix: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{field}: {problem}. Fix: {fix}.")
+def check_renamed(args: list[str]) -> None:
+  """ConfigError for a ``--config.FIELD[=VALUE]`` flag of a moved field, naming its new flags."""
+  for i, arg in enumerate(args):
+    field, equals, value = arg.lstrip("-").removeprefix("config.").partition("=")
+    if arg.startswith(("--config.", "-config.")) and field in RENAMED:
+      value = value if equals else (args[i + 1:] or ["VALUE"])[0]
+      raise ConfigError(f"config.{field}: was renamed (the segmentation job reads its data from "
+                        f"config.data). Fix: use {RENAMED[field].format(value)}.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the fields shared by every job; jobs check their own fields on top."""
-  from relic import jobs  # pylint: disable=import-outside-toplevel
+  from relic.data import sources  # pylint: disable=import-outside-toplevel
   from relic.models.resnet import PADDING_MODES, STAGE_SIZES
 
-  _require(config.job in jobs.JOBS, "job", f"unknown job {config.job!r}",
-           f"choose one of {sorted(jobs.JOBS)}")
   m = config.model
-  _require(m.depth in STAGE_SIZES, "model.depth", f"unsupported depth {m.depth}",
+  require(m.depth in STAGE_SIZES, "model.depth", f"unsupported depth {m.depth}",
            f"choose one of {sorted(STAGE_SIZES)}")
-  _require(m.width_multiplier >= 1, "model.width_multiplier",
+  require(m.width_multiplier >= 1, "model.width_multiplier",
            f"must be >= 1, got {m.width_multiplier}", "use 1, 2 or 4")
-  _require(not m.stage_sizes or (len(m.stage_sizes) == 4 and min(m.stage_sizes) >= 1),
+  require(not m.stage_sizes or (len(m.stage_sizes) == 4 and min(m.stage_sizes) >= 1),
            "model.stage_sizes", f"must be () or four positive block counts, got {m.stage_sizes}",
            "e.g. (1, 1, 1, 1)")
-  _require(m.dtype in ("float32", "bfloat16"), "model.dtype", f"unknown dtype {m.dtype!r}",
+  require(m.dtype in ("float32", "bfloat16"), "model.dtype", f"unknown dtype {m.dtype!r}",
            "choose 'float32' or 'bfloat16'")
-  _require(m.padding in PADDING_MODES, "model.padding", f"unknown padding {m.padding!r}",
+  require(m.padding in PADDING_MODES, "model.padding", f"unknown padding {m.padding!r}",
            f"choose one of {PADDING_MODES}")
-  _require(config.loss.temperature > 0, "loss.temperature",
+  require(config.loss.temperature > 0, "loss.temperature",
            f"must be > 0, got {config.loss.temperature}", "use e.g. 0.1")
-  _require(config.loss.beta >= 0, "loss.beta", f"must be >= 0, got {config.loss.beta}",
+  require(config.loss.beta >= 0, "loss.beta", f"must be >= 0, got {config.loss.beta}",
            "use 1.0, or 0 for pure InfoNCE")
-  _require(config.loss.num_negatives >= 0, "loss.num_negatives",
+  require(config.loss.num_negatives >= 0, "loss.num_negatives",
            f"must be >= 0, got {config.loss.num_negatives}",
            "use 0 for the whole batch or a positive count")
-  _require(config.optim.name in ("lars", "sgd", "adamw"), "optim.name",
+  require(config.optim.name in ("lars", "sgd", "adamw"), "optim.name",
            f"unknown optimiser {config.optim.name!r}", "choose 'lars', 'sgd' or 'adamw'")
-  _require(config.optim.base_lr >= 0, "optim.base_lr", f"must be >= 0, got {config.optim.base_lr}",
+  require(config.optim.base_lr >= 0, "optim.base_lr", f"must be >= 0, got {config.optim.base_lr}",
            "use e.g. 0.2")
-  _require(0.0 <= config.ema.base_rate <= 1.0, "ema.base_rate",
+  require(0.0 <= config.ema.base_rate <= 1.0, "ema.base_rate",
            f"must be in [0, 1], got {config.ema.base_rate}", "use e.g. 0.996")
-  _require(config.train.batch_size > 0, "train.batch_size",
+  require(config.train.nan_policy in ("stop", "skip"), "train.nan_policy",
+          f"unknown policy {config.train.nan_policy!r}", "choose 'stop' or 'skip'")
+  require(config.train.max_skipped_steps >= 0, "train.max_skipped_steps",
+          f"must be >= 0, got {config.train.max_skipped_steps}", "use e.g. 10")
+  require(config.train.batch_size > 0, "train.batch_size",
            f"must be > 0, got {config.train.batch_size}", "use a positive global batch size")
-  _require(config.train.num_steps > 0 or config.train.num_epochs > 0, "train.num_epochs",
+  require(config.train.num_steps > 0 or config.train.num_epochs > 0, "train.num_epochs",
            "neither num_epochs nor num_steps is positive", "set one of them")
   d = config.data
-  _require(d.source in SOURCES, "data.source", f"unknown source {d.source!r}",
-           "choose one of " + ", ".join(repr(s) for s in SOURCES))
-  _require(0.0 <= d.mask_prob <= 1.0, "data.mask_prob",
+  sources.source_class(d.source, sources.DataSource)
+  require(0.0 <= d.mask_prob <= 1.0, "data.mask_prob",
            f"must be a probability in [0, 1], got {d.mask_prob}", "use e.g. 0.1, or 0 to disable")
-  _require(0.0 <= d.grayscale_prob <= 1.0, "data.grayscale_prob",
+  require(0.0 <= d.grayscale_prob <= 1.0, "data.grayscale_prob",
            f"must be a probability in [0, 1], got {d.grayscale_prob}", "use e.g. 0.2 (BYOL's)")
-  _require(d.color_jitter_strength >= 0, "data.color_jitter_strength",
+  require(d.color_jitter_strength >= 0, "data.color_jitter_strength",
            f"must be >= 0, got {d.color_jitter_strength}",
            "use 1 for BYOL's colour jitter, 0 to disable it, 2 for SimCLR's strength 1")
   for group in ("large", "small"):
     v = d.views[group]
-    _require(v.num >= 0, f"data.views.{group}.num", f"must be >= 0, got {v.num}",
+    require(v.num >= 0, f"data.views.{group}.num", f"must be >= 0, got {v.num}",
              "use a non-negative count")
-    _require(v.size > 0, f"data.views.{group}.size", f"must be > 0, got {v.size}",
+    require(v.size > 0, f"data.views.{group}.size", f"must be > 0, got {v.size}",
              "use a positive size in pixels")
-    _require(0 < v.min_scale <= v.max_scale <= 1, f"data.views.{group}.min_scale",
+    require(0 < v.min_scale <= v.max_scale <= 1, f"data.views.{group}.min_scale",
              f"need 0 < min_scale <= max_scale <= 1, got ({v.min_scale}, {v.max_scale})",
              "use e.g. (0.08, 1.0)")
-    _require(v.presets and set(v.presets) <= set("AB"), f"data.views.{group}.presets",
+    require(v.presets and set(v.presets) <= set("AB"), f"data.views.{group}.presets",
              f"must be a string of 'A'/'B', got {v.presets!r}", "use e.g. 'AB'")
-  _require(d.views.large.num >= 1, "data.views.large.num",
+  require(d.views.large.num >= 1, "data.views.large.num",
            "at least one large view is needed (the target network sees only large views)",
            "set data.views.large.num >= 1")
 
@@ -333,3 +345,33 @@ def imagenet_pretrain_config(arg: str | None, *, depth: int, width_multiplier: i
   if "runlocal" in options:
     apply_runlocal(config)
   return config
+
+
+# The evaluation configs' ImageNet base and ``:runlocal`` variant: the quickstart's built-in data
+# (already generated and cached) at its large-view size, what the quickstart's encoder saw.
+QUICKSTART_BUILTIN = dict(num_train=10_000, num_test=2_000, image_size=64)
+RUNLOCAL_IMAGE_SIZE = 32
+
+
+def imagenet_eval_config(job: str) -> ml_collections.ConfigDict:
+  """``job`` on ImageNet from tfds: train / validation splits, no saliency masks."""
+  config = base_config()
+  config.job = job
+  config.data.update(dict(source="tfds", dataset="imagenet2012", train_split="train",
+                          eval_split="validation", mask_prob=0.0))
+  return config
+
+
+def apply_eval_runlocal(config: ml_collections.ConfigDict) -> None:
+  """The built-in dataset at 32 px: minutes on a laptop CPU, every code path of the job."""
+  config.data.update(dict(source="builtin", train_split="train", eval_split="test"))
+  config.data.builtin.update(QUICKSTART_BUILTIN)
+  size = RUNLOCAL_IMAGE_SIZE
+  config.linear_probe.update(dict(batch_size=256, num_epochs=30.0, lr_grid=(0.1, 0.3, 1.0),
+                                  holdout_examples=1000, image_size=size, train_augment=False,
+                                  precompute_features=True, log_every_steps=50,
+                                  checkpoint_every_steps=500))
+  config.finetune.update(dict(batch_size=64, num_epochs=10.0, image_size=size,
+                              log_every_steps=10, checkpoint_every_steps=100))
+  config.transfer.update(dict(datasets=("builtin",), image_size=size, batch_size=256))
+  config.robustness.update(dict(batch_size=256))

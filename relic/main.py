@@ -27,13 +27,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str) -> None:
   """Validates ``config`` and runs its job in ``workdir`` (also usable from Python)."""
   from relic import config as config_lib  # pylint: disable=import-outside-toplevel
-  from relic import jobs, workdir as workdir_lib
+  from relic import checkpoints, jobs
 
   config_lib.validate(config)
   job = jobs.get_job(config.job)
   if hasattr(job, "validate"):
     job.validate(config)
-  workdir_lib.write_config(config, workdir)
+  checkpoints.write_config(config, workdir)
   logging.info("Job %s in %s with config:\n%s", config.job, workdir, config)
   job.run(config, workdir)
 
@@ -65,9 +65,19 @@ def main(argv) -> None:
     raise SystemExit(f"relic: invalid config: {e}") from None
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, after relic.config.check_renamed (for a clear message on old fields)."""
+  from relic.config import ConfigError, check_renamed  # pylint: disable=import-outside-toplevel
+  try:
+    check_renamed(argv[1:])
+  except ConfigError as e:
+    raise SystemExit(f"relic: invalid config: {e}") from None
+  return app.parse_flags_with_usage(argv)
+
+
 def cli() -> None:
   """Console script ``relic``, identical to ``python -m relic.main``."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from relic.checkpoint import config_to_json
+from relic.checkpoints import config_to_json
 from relic.config import ConfigError
 
 # Fields that define the experiment. Resuming with a different value would continue a run that
@@ -45,6 +45,8 @@ CRITICAL_FIELDS = (
 # retention of a job's own section.
 NOT_CRITICAL = ("model.remat", "*.log_every_steps", "*.checkpoint_every_steps",
                 "*.eval_every_steps", "*.keep_checkpoints", "*.keep_every_steps")
+# What identifies an evaluation run's data (check_run_resume); not data.path or data.data_dir.
+RUN_DATA_FIELDS = ("data.source", "data.dataset", "data.train_split")
 # Everything else may change on resume: logging / evaluation / checkpoint cadence, retention,
 # parameter sharding (train.fsdp: restore re-shards), data paths and reader threads, NaN
 # policy, kNN settings, the sections of other jobs.
@@ -91,10 +93,12 @@ def check_run_resume(meta: Mapping[str, Any], config, info: Mapping[str, Any], b
                      section: str, fields: tuple[str, ...]) -> None:
   """For evaluation runs that train a pretrained encoder (fine-tuning, segmentation): refuses to
   resume a run directory written by a different run, i.e. other ``config.<section>.<fields>``,
-  another base rate or another pretrained encoder (``info['fingerprint']``)."""
-  saved = (meta.get("config") or {}).get(section, {})
-  now = config_to_json(config)[section]
-  different = [f"{section}.{f}: saved {saved.get(f)!r}, now {now[f]!r}" for f in fields
+  other data (:data:`RUN_DATA_FIELDS`; its paths may change), another base rate or another
+  pretrained encoder (``info['fingerprint']``)."""
+  saved = traverse_util.flatten_dict(meta.get("config") or {}, sep=".")
+  now = traverse_util.flatten_dict(config_to_json(config), sep=".")
+  names = [f"{section}.{f}" for f in fields] + list(RUN_DATA_FIELDS)
+  different = [f"{f}: saved {saved[f]!r}, now {now[f]!r}" for f in names
                if f in saved and saved[f] != now[f]]
   if meta.get("base_lr") not in (None, base_lr):
     different.append(f"base rate: saved {meta.get('base_lr')}, now {base_lr}")

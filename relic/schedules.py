@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from relic.config import ConfigError
+from relic.errors import ConfigError
 
 # Float noise in ``epochs * examples / batch`` (e.g. 3.0000000000000004) must not add a step.
 _ROUNDING_DIGITS = 6
@@ -90,7 +90,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
     raise ConfigError(
         f"config.optim.warmup_epochs: the warm-up ({warmup_steps} steps) is longer than training "
         f"({total_steps} steps). Fix: lower optim.warmup_epochs or train longer.")
-  peak = peak_learning_rate(config)
+  return warmup_cosine(peak_learning_rate(config), total_steps, warmup_steps)
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
+  """The one warm-up + cosine shape of every job: linear from 0 to ``peak`` over
+  ``warmup_steps``, then a half cosine to 0 at ``total_steps``, 0 after. Jittable."""
   decay_steps = max(total_steps - warmup_steps, 1)
 
   def schedule(step):

@@ -15,8 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from relic import checkpoint as ckpt
-from relic import encoder_checkpoint, resume_check
+from relic import checkpoints as ckpt
+from relic import resume_check
 from relic.config import ConfigError, base_config
 from relic.models import MLP, ResNet
 from relic.parallel import data_sharding, make_mesh, replicated
@@ -151,10 +151,40 @@ def test_missing_checkpoint_errors(tmp_path, mesh):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoints")):
       checkpointer.restore(_abstract(_state(mesh)))
   with pytest.raises(FileNotFoundError) as info:
-    encoder_checkpoint.restore_encoder(tmp_path / "empty_workdir")
+    ckpt.restore_encoder(tmp_path / "empty_workdir")
   message = str(info.value)
   assert str(tmp_path / "empty_workdir" / "checkpoints") in message
   assert "python -m relic.main" in message
+
+
+def test_step_dirs_from_a_workdir_its_checkpoints_or_a_step(tmp_path):
+  with ckpt.Checkpointer(tmp_path, keep=2, async_save=False) as checkpointer:
+    for step in (3, 12):
+      checkpointer.save(step, {"w": np.zeros(2, np.float32)})
+  steps = [tmp_path / "checkpoints" / "12", tmp_path / "checkpoints" / "3"]   # newest first
+  assert ckpt.step_dirs(tmp_path) == steps
+  assert ckpt.step_dirs(tmp_path / "checkpoints") == steps
+  assert ckpt.step_dirs(tmp_path / "checkpoints" / "3") == [steps[1]]
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "notes.txt").write_text("")
+  with pytest.raises(FileNotFoundError, match=r"holds no checkpoint.*found \['notes.txt'\]"):
+    ckpt.step_dirs(tmp_path / "other")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    ckpt.step_dirs(tmp_path / "missing")
+
+
+def test_probe_head_round_trip(tmp_path):
+  head = {"linear": {"kernel": np.arange(6, dtype=np.float32).reshape(3, 2),
+                     "bias": np.ones(2, np.float32)}}
+  record = {"num_classes": 2, "encoder": {"fingerprint": "abc"}}
+  with pytest.raises(FileNotFoundError, match="No linear probe head"):
+    ckpt.load_probe_head(tmp_path, linear_probe_only=True)
+  ckpt.save_probe_head(str(tmp_path), head, record)
+  for path in (tmp_path, tmp_path / ckpt.PROBE_HEAD_NPZ):
+    loaded, loaded_record = ckpt.load_probe_head(path, linear_probe_only=True)
+    assert loaded_record == record
+    for k in ("kernel", "bias"):
+      np.testing.assert_array_equal(loaded["linear"][k], head["linear"][k])
 
 
 def test_unwritable_workdir_is_a_clear_error(tmp_path, mesh):
@@ -285,7 +315,7 @@ def test_restore_encoder_from_workdir_and_step_dir(tmp_path):
     _save(checkpointer, 20, state, config=ckpt.config_to_json(config))
 
   for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "20"):
-    model_config, restored = encoder_checkpoint.restore_encoder(path)
+    model_config, restored = ckpt.restore_encoder(path)
     assert model_config["stage_sizes"] == (1, 1, 1, 1) and model_config["base_width"] == 4
     assert jax.tree.structure(restored) == jax.tree.structure(encoder_vars)
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(encoder_vars)):
@@ -296,7 +326,7 @@ def test_restore_encoder_from_workdir_and_step_dir(tmp_path):
                                                  "small_images")})
   assert model == encoder
   # An older step directory gives that step's encoder.
-  _, old = encoder_checkpoint.restore_encoder(tmp_path / "checkpoints" / "10")
+  _, old = ckpt.restore_encoder(tmp_path / "checkpoints" / "10")
   assert all(np.all(x == 0) for x in jax.tree.leaves(old))
 
 

@@ -108,3 +108,26 @@ def test_cli_errors_before_compute(tmp_path):
   assert "pretrain" in unknown_job.stderr and "Traceback" not in unknown_job.stderr
   # Nothing ran: no workdir content beyond what validation needs.
   assert not (tmp_path / "d").exists()
+
+
+def test_renamed_segmentation_fields_name_the_new_ones(tmp_path):
+  renamed = run_main("--config=configs/segmentation.py:runlocal", "--config.segmentation.path=/x",
+                     f"--workdir={tmp_path}/w")
+  assert renamed.returncode != 0 and "Traceback" not in renamed.stderr
+  assert ("config.segmentation.path: was renamed" in renamed.stderr
+          and "--config.data.source=voc2012 --config.data.path=/x" in renamed.stderr)
+  assert not (tmp_path / "w").exists()
+  # The other old fields, also with the value as the next argument.
+  for old, value, new in (("dataset", "cityscapes", "--config.data.source=cityscapes"),
+                          ("data_dir", "/tfds", "--config.data.data_dir=/tfds"),
+                          ("train_split", "train", "--config.data.train_split=train"),
+                          ("eval_split", "val", "--config.data.eval_split=val")):
+    with pytest.raises(config_lib.ConfigError, match=new):
+      config_lib.check_renamed(["--workdir=/w", f"--config.segmentation.{old}", value])
+  config_lib.check_renamed(["--config.data.path=/x", "--config.segmentation.crop_size=9"])
+  # The shipped config reads its data from config.data.
+  config = load("segmentation")
+  assert (config.data.source, config.data.train_split, config.data.eval_split) == (
+      "voc2012", "train_aug", "val")
+  assert load("segmentation", "cityscapes").data.source == "cityscapes"
+  assert load("segmentation", "runlocal").data.source == "builtin"

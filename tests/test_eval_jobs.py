@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 from etils import epath
 
-from relic import checkpoint, config as config_lib, encoder_checkpoint, workdir as workdir_lib
+from relic import checkpoints, config as config_lib
 from relic.config import ConfigError
 from relic import parallel
 from relic.data import pipeline
-from relic.evaluators import frozen, linear, linear_heads, multilabel
-from relic.jobs import eval_pretrained, eval_transfer_datasets as transfer_datasets, linear_probe
-from relic.jobs.eval_results import read_results
+from relic.evaluators import frozen, linear, multilabel
+from relic.train import heads_step as linear_heads
+from relic.data import transfer_datasets
+from relic.jobs import linear_probe
+from relic.checkpoints import read_results
 from relic.main import run as run_job
 from relic.models import LinearHead, encoder_from_config
 from tests import aircraft_data, objectnet_data, voc2007_data
@@ -52,9 +54,9 @@ def write_pretrained(workdir, model: dict, step: int = 7) -> str:
   variables = numpy_variables(encoder_from_config(config.model))
   state = {"online_params": {"encoder": variables["params"]},
            "online_batch_stats": {"encoder": variables["batch_stats"]}, "step": np.int32(step)}
-  workdir_lib.write_config(config, str(workdir))
-  with checkpoint.Checkpointer(workdir, keep=1, async_save=False) as ckpt:
-    ckpt.save(step, state, extra_json={"config": checkpoint.config_to_json(config)})
+  checkpoints.write_config(config, str(workdir))
+  with checkpoints.Checkpointer(workdir, keep=1, async_save=False) as ckpt:
+    ckpt.save(step, state, extra_json={"config": checkpoints.config_to_json(config)})
   return str(workdir)
 
 
@@ -101,9 +103,9 @@ def test_linear_probe_end_to_end(probe, pretrained):
   assert results["selected"]["peak_lr"] == results["selected"]["base_lr"] * 32 / 256
   # The frozen encoder: checked by the job on its device copy, and the checkpoint is intact.
   assert results["encoder_unchanged"]
-  _, variables = encoder_checkpoint.restore_encoder(pretrained)
-  assert eval_pretrained.fingerprint(variables) == results["encoder"]["fingerprint"]
-  head, record = linear_probe.load_head(workdir)
+  _, variables = checkpoints.restore_encoder(pretrained)
+  assert checkpoints.fingerprint(variables) == results["encoder"]["fingerprint"]
+  head, record = checkpoints.load_probe_head(workdir, linear_probe_only=True)
   assert head["linear"]["kernel"].shape == (32, 10) and head["linear"]["bias"].shape == (10,)
   assert record["encoder"]["fingerprint"] == results["encoder"]["fingerprint"]
   steps = [m["step"] for m in map(json.loads, (epath.Path(workdir) / "metrics.jsonl")
@@ -118,7 +120,7 @@ def test_linear_probe_end_to_end(probe, pretrained):
 def test_probe_step_leaves_encoder_params_and_bn_statistics_unchanged():
   encoder = encoder_from_config(TINY_MODEL)
   variables = numpy_variables(encoder, seed=1)
-  before = eval_pretrained.fingerprint(variables)
+  before = checkpoints.fingerprint(variables)
   frozen = jax.device_put(variables)
   optimizer = linear_heads.heads_optimizer(0.9)
   step = jax.jit(linear_heads.make_train_step(
@@ -130,7 +132,7 @@ def test_probe_step_leaves_encoder_params_and_bn_statistics_unchanged():
   for _ in range(3):
     state, _ = step(state, frozen, {"image": images, "label": np.arange(16) % 3,
                                     "valid": np.ones(16, bool)})
-  assert eval_pretrained.fingerprint(jax.device_get(frozen)) == before
+  assert checkpoints.fingerprint(jax.device_get(frozen)) == before
   assert np.abs(np.asarray(state.params["linear"]["kernel"])).sum() > 0
 
 
@@ -150,16 +152,16 @@ def test_robustness_scores_the_probe_head_on_test_and_test_ood(probe, tmp_path):
 def write_imagenet_head(workdir, pretrained: str, bias: np.ndarray) -> str:
   """A finished 1000-class (ImageNet) linear probe of the ``pretrained`` encoder, as
   ``linear_probe`` leaves it: kernel ~1e-4 so that ``bias`` decides every prediction."""
-  _, variables = encoder_checkpoint.restore_encoder(pretrained)
+  _, variables = checkpoints.restore_encoder(pretrained)
   num_features = encoder_from_config(TINY_MODEL).num_features
   kernel = 1e-4 * np.random.default_rng(0).normal(size=(num_features, 1000)).astype(np.float32)
   workdir.mkdir()
-  np.savez(workdir / linear_probe.PROBE_HEAD_NPZ, kernel=kernel, bias=bias.astype(np.float32))
-  (workdir / linear_probe.PROBE_HEAD_JSON).write_text(json.dumps({
+  np.savez(workdir / checkpoints.PROBE_HEAD_NPZ, kernel=kernel, bias=bias.astype(np.float32))
+  (workdir / checkpoints.PROBE_HEAD_JSON).write_text(json.dumps({
       "num_classes": 1000, "num_features": num_features, "image_size": 32,
       "selected": {"base_lr": 0.1, "peak_lr": 0.0125, "index": 0},
       "test": {"top1": 0.0, "top5": 0.0},
-      "encoder": {"path": pretrained, "fingerprint": eval_pretrained.fingerprint(variables)},
+      "encoder": {"path": pretrained, "fingerprint": checkpoints.fingerprint(variables)},
       "data": {"source": "tfds", "dataset": "imagenet2012"}}))
   return str(workdir)
 
@@ -205,12 +207,12 @@ def test_finetune_subset_changes_the_encoder_and_resumes(pretrained, tmp_path):
   best = max(results["sweep"], key=lambda s: (s["holdout_top1"], -s["base_lr"]))
   assert results["selected"]["base_lr"] == best["base_lr"]
   for s in results["sweep"]:
-    with checkpoint.Checkpointer(tmp_path / "sweep" / f"lr_{s['base_lr']:g}", keep=2) as ckpt:
+    with checkpoints.Checkpointer(tmp_path / "sweep" / f"lr_{s['base_lr']:g}", keep=2) as ckpt:
       assert ckpt.latest_step() == 2                     # ceil(2 epochs * 16 / 16)
   assert results["test"]["num_examples"] == NUM_TEST
-  with checkpoint.Checkpointer(tmp_path, keep=2) as ckpt:
+  with checkpoints.Checkpointer(tmp_path, keep=2) as ckpt:
     assert ckpt.latest_step() == 3                       # ceil(2 epochs * 20 / 16)
-  _, start = encoder_checkpoint.restore_encoder(pretrained)
+  _, start = checkpoints.restore_encoder(pretrained)
   tuned = restore_tree(tmp_path, step=3)
   for group in ("params", "batch_stats"):
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(start[group]),
@@ -281,7 +283,7 @@ def test_transfer_voc2007_linear_and_finetune_map(pretrained, tmp_path):
   best = max(tuned["sweep"], key=lambda s: (s["holdout_map"], -s["base_lr"]))
   assert tuned["base_lr"] == best["base_lr"]
   for s in tuned["sweep"]:
-    with checkpoint.Checkpointer(workdir / "voc2007" / "finetune" / "sweep" /
+    with checkpoints.Checkpointer(workdir / "voc2007" / "finetune" / "sweep" /
                                  f"lr_{s['base_lr']:g}", keep=2) as ckpt:
       assert ckpt.latest_step() == 3                     # ceil(2 epochs * 10 / 8)
   assert tuned["train"]["num_examples"] == 16 and tuned["num_test"] == 9
@@ -362,7 +364,7 @@ def test_final_evaluation_fits_one_classifier_for_every_split(pretrained):
   config.data.views.large.size = 32
   config.final_eval.update(dict(num_train_examples=0, extra_splits=("test_ood",)))
   encoder = encoder_from_config(config.model)
-  _, variables = encoder_checkpoint.restore_encoder(pretrained)
+  _, variables = checkpoints.restore_encoder(pretrained)
   mesh = parallel.make_mesh()
   results = frozen.evaluate_frozen(config, encoder, variables, mesh, 10)
   splits = (config.data.eval_split, "test_ood")

@@ -14,9 +14,12 @@ from relic import config as config_lib
 from relic import parallel
 from relic.config import ConfigError
 from relic.data import objectnet_classes, sources
-from relic.evaluators import accuracy, class_subsets, label_subsets, linear_heads
+from relic.evaluators import accuracy, class_subsets, label_subsets
+from relic.train import heads_step as linear_heads
 from relic.evaluators import linear, multilabel
-from relic.jobs import eval_pretrained, eval_robustness_sets, eval_transfer_datasets, finetune
+from relic.checkpoints import pretrained
+from relic.data import robustness_sets, transfer_datasets
+from relic.train import finetune
 from relic.jobs import robustness
 
 
@@ -158,50 +161,50 @@ def test_architecture_check_names_expected_and_found():
   config = config_lib.base_config()
   found = {"depth": 50, "width_multiplier": 1, "stage_sizes": (), "base_width": 64,
            "small_images": False}
-  eval_pretrained.check_architecture(config, found, "/ckpt")    # defaults: nothing requested
-  config.model.stage_sizes = (3, 4, 6, 3)                         # same layout, said explicitly
-  eval_pretrained.check_architecture(config, found, "/ckpt")
+  pretrained.check_architecture(config, found, "/ckpt")    # defaults: nothing requested
+  config.model.stage_sizes = (3, 4, 6, 3)                    # same layout, said explicitly
+  pretrained.check_architecture(config, found, "/ckpt")
   config.model.width_multiplier = 2
   with pytest.raises(ConfigError, match=r"width_multiplier: expected 2, found 1") as error:
-    eval_pretrained.check_architecture(config, found, "/ckpt")
+    pretrained.check_architecture(config, found, "/ckpt")
   assert "ResNet-50 1x" in str(error.value)
 
 
 def test_transfer_names_substitutes_and_unavailable_datasets(tmp_path):
-  assert eval_transfer_datasets.expand(("cifar10,dtd", " food101")) == ["cifar10", "dtd",
-                                                                        "food101"]
-  assert eval_transfer_datasets.resolve("sun397").dataset == "sun397/tfds"
-  assert "Birdsnap" in eval_transfer_datasets.resolve("caltech_birds2011").note
-  custom = eval_transfer_datasets.resolve("stanford_dogs:train:test")
+  assert transfer_datasets.expand(("cifar10,dtd", " food101")) == ["cifar10", "dtd",
+                                                                   "food101"]
+  assert transfer_datasets.resolve("sun397").dataset == "sun397/tfds"
+  assert "Birdsnap" in transfer_datasets.resolve("caltech_birds2011").note
+  custom = transfer_datasets.resolve("stanford_dogs:train:test")
   assert (custom.dataset, custom.train_split, custom.test_split) == ("stanford_dogs", "train",
                                                                       "test")
-  assert eval_transfer_datasets.resolve("folder:/data/birdsnap").source == "folder"
+  assert transfer_datasets.resolve("folder:/data/birdsnap").source == "folder"
   for folders, splits in ((("train", "test"), ("train", "")),
                           (("train", "val", "test"), ("train+val", "val")),
                           (("train", "validation"), ("train", ""))):   # 'test' would be val
     root = tmp_path / "_".join(folders)
     for folder in folders:
       (root / folder).mkdir(parents=True)
-    dataset = eval_transfer_datasets.resolve(f"folder:{root}")
+    dataset = transfer_datasets.resolve(f"folder:{root}")
     assert (dataset.train_split, dataset.holdout_split) == splits, folders
-  aircraft = eval_transfer_datasets.resolve("fgvc_aircraft:/data/fgvc-aircraft-2013b")
+  aircraft = transfer_datasets.resolve("fgvc_aircraft:/data/fgvc-aircraft-2013b")
   assert (aircraft.source, aircraft.dataset, aircraft.train_split, aircraft.holdout_split,
           aircraft.metric) == ("fgvc_aircraft", "/data/fgvc-aircraft-2013b", "train+val", "val",
                                "mean_per_class")
-  voc = eval_transfer_datasets.resolve("voc2007")
+  voc = transfer_datasets.resolve("voc2007")
   assert (voc.dataset, voc.train_split, voc.test_split, voc.metric) == (
       "voc/2007", "train+validation", "test", "map11")
   for name, hint in (("birdsnap", "caltech_birds2011"), ("fgvc_aircraft", "fgvc_aircraft:/path"),
                      ("fgvc_aircraft:", "fgvc_aircraft:/path")):
     with pytest.raises(ConfigError, match=hint):
-      eval_transfer_datasets.resolve(name)
+      transfer_datasets.resolve(name)
   with pytest.raises(ConfigError, match="unknown dataset"):
-    eval_transfer_datasets.resolve("not_a_dataset")
+    transfer_datasets.resolve("not_a_dataset")
 
 
 def test_robustness_suites():
   config = config_lib.base_config()
-  sets = eval_robustness_sets.resolve(config)
+  sets = robustness_sets.resolve(config)
   names = [s.name for s in sets]
   assert names[:5] == ["imagenet_v2_matched_frequency", "imagenet_v2_threshold_0.7",
                        "imagenet_v2_topimages", "imagenet_r", "imagenet_sketch"]
@@ -209,11 +212,11 @@ def test_robustness_suites():
   assert len(corrupted) == 75 and corrupted[0].dataset == "imagenet2012_corrupted/gaussian_noise_1"
   assert next(s for s in sets if s.name == "imagenet_r").class_subset == "imagenet_r"
   config.data.source = "builtin"
-  assert [s.split for s in eval_robustness_sets.resolve(config)] == ["test", "test_ood"]
+  assert [s.split for s in robustness_sets.resolve(config)] == ["test", "test_ood"]
   config.robustness.corruptions = ("fog",)
   config.robustness.datasets = ("imagenet_c",)
   config.data.source = "tfds"
-  assert len(eval_robustness_sets.resolve(config)) == 5
+  assert len(robustness_sets.resolve(config)) == 5
   means = robustness.group_means({
       "a": {"top1": 10.0, "top5": 20.0, "group": "imagenet_c/fog"},
       "b": {"top1": 30.0, "top5": 40.0, "group": "imagenet_c/fog"},
@@ -221,14 +224,14 @@ def test_robustness_suites():
   assert means["imagenet_c/fog"]["top1"] == 20.0 and means["imagenet_c"]["top1"] == 35.0
   # ObjectNet is not in tfds: in the default suite only once its folder is given.
   config.robustness.datasets = ()
-  assert "objectnet" not in [s.name for s in eval_robustness_sets.resolve(config)]
+  assert "objectnet" not in [s.name for s in robustness_sets.resolve(config)]
   config.robustness.objectnet_path = "/data/objectnet-1.0"
-  objectnet = eval_robustness_sets.resolve(config)[-1]
+  objectnet = robustness_sets.resolve(config)[-1]
   assert (objectnet.name, objectnet.class_groups) == ("objectnet", "objectnet")
-  assert eval_robustness_sets.set_config(config, objectnet).data.path == "/data/objectnet-1.0"
+  assert robustness_sets.set_config(config, objectnet).data.path == "/data/objectnet-1.0"
   config.robustness.update(dict(datasets=("objectnet",), objectnet_path=""))
   with pytest.raises(ConfigError, match="objectnet_path=DIR"):
-    eval_robustness_sets.resolve(config)
+    robustness_sets.resolve(config)
 
 
 def test_heads_optimizer_matches_optax_sgd_for_one_head():

@@ -274,7 +274,7 @@ def test_import_cli_round_trip(haiku_r50, tmp_path):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
   assert (out / "config.json").exists() and (out / "checkpoints" / "0" / "state").is_dir()
-  model, variables = load_encoder(str(out))  # through relic.encoder_checkpoint.restore_encoder
+  model, variables = load_encoder(str(out))  # through relic.checkpoints.restore_encoder
   assert (model.depth, model.width_multiplier, model.padding) == (50, 1, "same")
   images = jax.random.uniform(jax.random.key(5), (2, 64, 64, 3))
   np.testing.assert_allclose(relic_features(model, variables, images),
@@ -364,15 +364,15 @@ def test_export_cli_round_trip(torch, tmp_path):
 
 
 def test_probe_head_is_found_in_a_relic_checkpoint(tmp_path):
-  from relic import checkpoint
-  from relic.interop.probe import load_probe_head
+  from relic import checkpoints
   head = {"linear": {"kernel": np.full((8, 2), 3.0, np.float32), "bias": np.ones(2, np.float32)}}
   momentum = {"linear": {"kernel": np.zeros((8, 2), np.float32), "bias": np.zeros(2, np.float32)}}
   state = {"probe_opt_state": [{"trace": momentum}], "probe_params": head,
            "online_params": {"projector": {"linear_0": {"kernel": np.zeros((8, 4), np.float32),
                                                         "bias": np.zeros(4, np.float32)}}}}
-  with checkpoint.Checkpointer(tmp_path, keep=1, async_save=False) as checkpointer:
+  with checkpoints.Checkpointer(tmp_path, keep=1, async_save=False) as checkpointer:
     checkpointer.save(5, state, extra_json={})
   for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "5"):
-    found = load_probe_head(str(path))
+    found, record = checkpoints.load_probe_head(str(path))
+    assert record == {}  # the online probe of a pretraining state has no record
     np.testing.assert_array_equal(found["linear"]["kernel"], head["linear"]["kernel"])

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--config=configs/resnet50.py:runlocal", "--config.data.fake=True",
         "--config.train.num_steps=6", "--config.train.log_every_steps=1",
         "--config.train.checkpoint_every_steps=3", "--config.train.eval_every_steps=0",
-        "--config.knn.enabled=False", "--config.train.num_train_examples=256"]
+        "--config.evaluators.periodic=()", "--config.train.num_train_examples=256"]
 
 
 def free_port() -> int:

@@ -13,8 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from relic import checkpoint, config as config_lib, encoder_checkpoint, main, metrics
+from relic import checkpoints, config as config_lib, main, metrics
 from relic.jobs import pretrain
+from relic.train import divergence
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
@@ -42,7 +43,7 @@ def losses(workdir):
 
 
 def encoder(workdir):
-  return encoder_checkpoint.restore_encoder(str(workdir))[1]
+  return checkpoints.restore_encoder(str(workdir))[1]
 
 
 def assert_identical(a, b):
@@ -64,7 +65,7 @@ def test_loss_decreases_and_checkpoint_restores(uninterrupted):
   assert last < first - 0.05, (first, last)
   steps = sorted(int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit())
   assert steps[-1] == NUM_STEPS and 8 in steps
-  model_config, variables = encoder_checkpoint.restore_encoder(str(uninterrupted))
+  model_config, variables = checkpoints.restore_encoder(str(uninterrupted))
   assert model_config["stage_sizes"] == (1, 1, 1, 1)
   assert variables["params"]["conv_init"]["kernel"].shape[-1] == 8
   # The stored config is the run's.
@@ -108,7 +109,7 @@ def test_divergence_stops_naming_step_and_last_good_checkpoint(tmp_path, monkeyp
   monkeypatch.setattr(pretrain.pipeline, "pretrain_batches", poisoned)
   config = tiny_config()
   config.data.augment_on_device = False  # float pixels from the host, which can carry a NaN
-  with pytest.raises(pretrain.DivergenceError, match="at step 5") as err:
+  with pytest.raises(divergence.DivergenceError, match="at step 5") as err:
     main.run(config, str(tmp_path))
   assert "last good checkpoint is step 4" in str(err.value)
   steps = [p.name for p in (tmp_path / "checkpoints").iterdir()]
@@ -116,18 +117,18 @@ def test_divergence_stops_naming_step_and_last_good_checkpoint(tmp_path, monkeyp
 
 
 def test_failed_save_stops_cleanly_and_keeps_previous_checkpoint(tmp_path, monkeypatch):
-  original = checkpoint.Checkpointer.save
+  original = checkpoints.Checkpointer.save
 
   def full_disk(self, step, state, **kwargs):
     if step == 8:
-      raise checkpoint.CheckpointSaveError(f"Saving checkpoint step {step} failed: OSError: "
+      raise checkpoints.CheckpointSaveError(f"Saving checkpoint step {step} failed: OSError: "
                                            "[Errno 28] No space left on device")
     return original(self, step, state, **kwargs)
 
-  monkeypatch.setattr(checkpoint.Checkpointer, "save", full_disk)
-  with pytest.raises(checkpoint.CheckpointSaveError, match="No space left"):
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", full_disk)
+  with pytest.raises(checkpoints.CheckpointSaveError, match="No space left"):
     main.run(tiny_config(), str(tmp_path))
-  model_config, variables = encoder_checkpoint.restore_encoder(str(tmp_path))
+  model_config, variables = checkpoints.restore_encoder(str(tmp_path))
   assert model_config["depth"] == 50 and variables["params"]
 
 
@@ -156,7 +157,7 @@ def test_sigterm_then_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_pa
   first.send_signal(signal.SIGTERM)
   assert first.wait(timeout=120) == 0
   preempted_at = max(losses(tmp_path))
-  saved = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  saved = checkpoints.Checkpointer(str(tmp_path), keep=3)
   assert saved.latest_step() == preempted_at  # the current step, not the last periodic one
   saved.close()
 

@@ -9,8 +9,9 @@ import pytest
 from relic import config as config_lib
 from relic import optim, parallel
 from relic.models import networks_from_config
-from relic.pretrain_step import jit_pretrain_step, make_pretrain_step
-from relic.train_state import create_train_state
+from relic.train import divergence
+from relic.train.pretrain_step import jit_pretrain_step, make_pretrain_step
+from relic.train.states import create_train_state
 
 
 def tiny_config(**loss):
@@ -42,7 +43,7 @@ def build(config, ema=lambda step: jnp.asarray(0.99), lr=0.1):
                             learning_rate=lr if callable(lr) else lambda s: jnp.asarray(lr),
                             ema_rate=ema,
                             num_classes=10)
-  return state, step
+  return state, divergence.guarded(step, config.train.nan_policy)
 
 
 def run_on_mesh(config, batch, devices, num_steps=2):

@@ -16,8 +16,8 @@ import pytest
 from relic import config as config_lib
 from relic import optim, parallel
 from relic.models import networks_from_config
-from relic.pretrain_step import jit_pretrain_step, make_pretrain_step
-from relic.train_state import create_train_state
+from relic.train.pretrain_step import jit_pretrain_step, make_pretrain_step
+from relic.train.states import create_train_state
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 16

@@ -13,9 +13,8 @@ from PIL import Image
 
 from relic import config as config_lib
 from relic.config import ConfigError
-from relic.data import builtin, seeds
+from relic.data import builtin, cityscapes, pipeline, seeds, voc2012
 from relic.data import segmentation as seg
-from relic.data import segmentation_sources as seg_sources
 from tests import voc2012_data
 
 IGNORE = seg.IGNORE
@@ -27,8 +26,8 @@ def config(tmp_path):
   config = config_lib.base_config()
   config.data.cache_dir = str(tmp_path / "cache")
   config.data.builtin.update(dict(num_train=40, num_test=12, image_size=32, seed=0))
-  config.segmentation.update(dict(dataset="builtin", train_split="train", eval_split="test",
-                                  crop_size=24, eval_size=(32, 32)))
+  config.data.update(dict(source="builtin", train_split="train", eval_split="test"))
+  config.segmentation.update(dict(crop_size=24, eval_size=(32, 32)))
   return config
 
 
@@ -66,8 +65,8 @@ def test_voc_eval_batches_reproduce_masks_with_central_crop_and_padding(config, 
   path = voc2012_data.write_voc(tmp_path, examples, {"val": ids, "train": ids[:2]},
                                 palette_ids={"2007_000003"},
                                 aug_overrides={"2007_000004": decoy})
-  config.segmentation.update(dict(dataset="voc2012", path=str(path), train_split="train",
-                                  eval_split="val", eval_size=EVAL_SIZE))
+  config.data.update(dict(source="voc2012", path=str(path), train_split="train", eval_split="val"))
+  config.segmentation.eval_size = EVAL_SIZE
   seg.check(config)
   assert seg.num_examples(config, "val") == 5
   assert seg.num_examples(config, "validation[1:3]") == 2
@@ -97,7 +96,7 @@ def test_voc_mask_decoding_of_palette_grey_and_unknown_colours():
   ids = np.array([list(range(11)) + [255], list(range(11, 21)) + [0, 255]], np.uint8)
 
   def decode(data: bytes) -> np.ndarray:
-    return seg_sources.voc_mask(tf.constant(data)).numpy()
+    return voc2012.voc_mask(tf.constant(data)).numpy()
 
   np.testing.assert_array_equal(decode(voc2012_data.palette_png(ids, palette)), ids)
   # Only black and car-grey (128, 128, 128): VOC colours, not grey indices.
@@ -124,8 +123,8 @@ def test_voc_image_and_mask_of_different_sizes_fail_loudly(config, tmp_path):
   examples = {"2009_000001": (voc2012_data.smooth_image(rng, 30, 40),
                               voc2012_data.blocky_mask(rng, 30, 41))}
   path = voc2012_data.write_voc(tmp_path, examples, {"train": list(examples)})
-  config.segmentation.update(dict(dataset="voc2012", path=str(path), train_split="train",
-                                  eval_split="train"))
+  config.data.update(dict(source="voc2012", path=str(path), train_split="train",
+                          eval_split="train"))
   with pytest.raises(tf.errors.InvalidArgumentError, match="Image and mask sizes differ"):
     list(seg.eval_batches(config, split="train", batch_size=1))
   with pytest.raises(RuntimeError, match="cannot be read.*sizes differ"):
@@ -191,8 +190,9 @@ def test_train_batches_from_a_voc_folder_are_aligned(config, tmp_path):
   examples = {f"2008_{i:06d}": coded_example(rng) for i in range(3)}
   path = voc2012_data.write_voc(tmp_path, examples, {"train": list(examples)},
                                 exact_images=True)
-  config.segmentation.update(dict(dataset="voc2012", path=str(path), train_split="train",
-                                  eval_split="train", crop_size=40))
+  config.data.update(dict(source="voc2012", path=str(path), train_split="train",
+                          eval_split="train"))
+  config.segmentation.crop_size = 40
   flips = []
   for batch in itertools.islice(seg.train_batches(config, batch_size=4, seed=3), 3):
     assert batch["valid"].all() and batch["mask"].dtype == np.int32
@@ -280,28 +280,28 @@ def test_builtin_masks_are_label_plus_one_on_the_object(config):
 
 def test_cityscapes_label_ids_map_to_train_ids():
   ids = tf.constant([7, 8, 26, 0, 33, -1, 255, 34, 23, 24, 9, 1])
-  np.testing.assert_array_equal(seg_sources.cityscapes_train_ids(ids).numpy(),
+  np.testing.assert_array_equal(cityscapes.cityscapes_train_ids(ids).numpy(),
                                 [0, 1, 13, IGNORE, 18, IGNORE, IGNORE, IGNORE, 10, 11, IGNORE,
                                  IGNORE])
-  uint8 = seg_sources.cityscapes_train_ids(tf.constant([[7, 255]], tf.uint8)).numpy()
+  uint8 = cityscapes.cityscapes_train_ids(tf.constant([[7, 255]], tf.uint8)).numpy()
   np.testing.assert_array_equal(uint8, [[0, IGNORE]])
 
 
 def test_cityscapes_reads_tfds_records(config, tmp_path):
-  config.segmentation.update(dict(dataset="cityscapes", data_dir=str(tmp_path / "tfds"),
-                                  train_split="train", eval_split="val", crop_size=32,
-                                  eval_size=(48, 64)))
+  config.data.update(dict(source="cityscapes", data_dir=str(tmp_path / "tfds"),
+                          train_split="train", eval_split="val"))
+  config.segmentation.update(dict(crop_size=32, eval_size=(48, 64)))
   assert seg.num_classes(config) == 19 and seg.class_names(config)[13] == "car"
   with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
     seg.check(config)
     assert seg.num_examples(config, "val") == 2
-    raw = list(tfds.builder(seg_sources.CITYSCAPES, data_dir=config.segmentation.data_dir)
+    raw = list(tfds.builder(cityscapes.CITYSCAPES, data_dir=config.data.data_dir)
                .as_dataset(split="validation").as_numpy_iterator())
     (batch,) = list(seg.eval_batches(config, split="val", batch_size=2))
     for k, example in enumerate(raw):
       labels = tf.constant(example["segmentation_label"][..., 0])
       want_image, want_mask = expected_eval(example["image_left"],
-                                            seg_sources.cityscapes_train_ids(labels).numpy(),
+                                            cityscapes.cityscapes_train_ids(labels).numpy(),
                                             (48, 64))
       np.testing.assert_array_equal(batch["mask"][k], want_mask)
       np.testing.assert_array_equal(batch["image"][k], want_image)
@@ -314,30 +314,37 @@ def test_cityscapes_reads_tfds_records(config, tmp_path):
 
 def test_check_names_what_is_missing_and_the_fix(config, tmp_path):
   def error(**updates) -> str:
-    config.segmentation.update(updates)
+    config.data.update(updates)
     with pytest.raises(ConfigError) as raised:
       seg.check(config)
     return str(raised.value)
 
-  assert "choose one of" in error(dataset="ade20k") and "voc2012" in error(dataset="ade20k")
-  assert "set config.segmentation.path=DIR" in error(dataset="voc2012", path="")
+  assert "choose one of" in error(source="ade20k") and "voc2012" in error(source="ade20k")
+  assert "set config.data.path=DIR" in error(source="voc2012", path="")
   assert "not found" in error(path=str(tmp_path / "nowhere"))
   (tmp_path / "empty").mkdir()
   assert "JPEGImages" in error(path=str(tmp_path / "empty"))
   examples = voc_examples()
   path = voc2012_data.write_voc(tmp_path, examples, {"val": list(examples)})
   message = error(path=str(path), train_split="train_aug", eval_split="val")
-  assert "config.segmentation.train_split" in message and "train_aug.txt" in message
+  assert "config.data.train_split" in message and "train_aug.txt" in message
   assert "SBD" in message and "train_split='train'" in message
   message = error(train_split="val", eval_split="tset")
-  assert "config.segmentation.eval_split" in message and "tset.txt" in message
+  assert "config.data.eval_split" in message and "tset.txt" in message
   assert "cannot parse" in error(eval_split="val[::2]")
   (path / "SegmentationClassAug" / "2007_000002.png").unlink()
   message = error(eval_split="val")
   assert "1 of the 5 ids" in message and "2007_000002" in message
-  message = error(dataset="cityscapes", data_dir=str(tmp_path / "tfds"), train_split="train")
+  message = error(source="cityscapes", data_dir=str(tmp_path / "tfds"), train_split="train")
   assert "downloads/manual" in message and "tfds build cityscapes/semantic_segmentation" in message
   message = error(train_split="train[::2]")
-  assert "config.segmentation.train_split" in message and "cannot parse" in message
-  message = error(dataset="builtin", train_split="train", eval_split="holdout")
-  assert "config.segmentation.eval_split" in message and "test_ood" in message
+  assert "config.data.train_split" in message and "cannot parse" in message
+  message = error(source="builtin", train_split="train", eval_split="holdout")
+  assert "config.data.eval_split" in message and "test_ood" in message
+  # A source without masks, and masks without image labels, name the sources that have them.
+  message = error(source="tfds", eval_split="test")
+  assert "config.data.source: 'tfds' has no per-pixel" in message
+  assert "'builtin', 'voc2012', 'cityscapes'" in message
+  config.data.source = "voc2012"
+  with pytest.raises(ConfigError, match="'voc2012' has no images with labels.*'fgvc_aircraft'"):
+    pipeline.check_data_config(config)

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from relic import checkpoint, config as config_lib, encoder_checkpoint, parallel, preemption
-from relic import segmentation_step as seg_step
+from relic import checkpoints, config as config_lib, parallel, preemption, resume_check
+from relic.train import segmentation_step as seg_step
 from relic.config import ConfigError
 from relic.data import segmentation as seg_data
 from relic.evaluators import segmentation as seg_eval
-from relic.jobs import eval_pretrained, segmentation as seg_job
-from relic.jobs.eval_results import read_results
+from relic.jobs import segmentation as seg_job
+from relic.checkpoints import read_results
 from relic.main import run as run_job
 from tests.test_eval_jobs import TINY_MODEL, restore_tree, write_pretrained
 
@@ -96,8 +96,8 @@ def segmentation_config(pretrained: str, **overrides):
   config.job = "segmentation"
   config.pretrained = pretrained
   config.data.builtin.update(dict(num_train=NUM_TRAIN, num_test=NUM_TEST, image_size=32))
-  config.segmentation.update(dict(dataset="builtin", train_split="train", eval_split="test",
-                                  crop_size=32, eval_size=(32, 32), batch_size=8, num_steps=4,
+  config.data.update(dict(source="builtin", train_split="train", eval_split="test"))
+  config.segmentation.update(dict(crop_size=32, eval_size=(32, 32), batch_size=8, num_steps=4,
                                   base_lr=0.05, log_every_steps=1, checkpoint_every_steps=2))
   config.segmentation.update(overrides)
   return config
@@ -120,7 +120,7 @@ def test_segmentation_job_sweeps_trains_and_scores_miou(pretrained, tmp_path):
   # The reported mIoU, recomputed without the job's sharded counting: the final checkpoint
   # (step 4) applied image by image, the confusion matrix counted in NumPy.
   state = restore_tree(tmp_path, 4)
-  encoder, _, _ = eval_pretrained.load_pretrained(config)
+  encoder, _, _ = checkpoints.load_pretrained(config)
   net = seg_step.make_net(encoder, config, 11)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   confusion = np.zeros((11, 11), np.int64)
@@ -130,7 +130,7 @@ def test_segmentation_job_sweeps_trains_and_scores_miou(pretrained, tmp_path):
   assert test["miou"] == pytest.approx(seg_eval.scores(confusion)["miou"], abs=1e-4)
   assert "**mIoU" in (tmp_path / "results.md").read_text()
   # The encoder was trained (its first conv moved away from the pretrained weights).
-  _, start = encoder_checkpoint.restore_encoder(pretrained)
+  _, start = checkpoints.restore_encoder(pretrained)
   assert not np.allclose(state["params"]["encoder"]["conv_init"]["kernel"],
                          start["params"]["conv_init"]["kernel"])
   # Rerunning the command trains nothing and reports the same numbers.
@@ -141,7 +141,7 @@ def test_segmentation_job_sweeps_trains_and_scores_miou(pretrained, tmp_path):
 def test_interrupted_segmentation_run_resumes_to_the_same_weights(pretrained, tmp_path,
                                                                    monkeypatch):
   config = segmentation_config(pretrained, checkpoint_every_steps=100)
-  encoder, variables, info = eval_pretrained.load_pretrained(config)
+  encoder, variables, info = checkpoints.load_pretrained(config)
   net = seg_step.make_net(encoder, config, 11)
   mesh = parallel.make_mesh()
   whole = seg_job.train(config, str(tmp_path / "whole"), net, variables, info, "train", 0.05,
@@ -150,7 +150,7 @@ def test_interrupted_segmentation_run_resumes_to_the_same_weights(pretrained, tm
   monkeypatch.setattr(preemption.PreemptionGuard, "should_stop", lambda self, step: step == 2)
   assert seg_job.train(config, str(tmp_path / "cut"), net, variables, info, "train", 0.05,
                        mesh) is None
-  with checkpoint.Checkpointer(tmp_path / "cut", keep=2) as ckpt:
+  with checkpoints.Checkpointer(tmp_path / "cut", keep=2) as ckpt:
     assert ckpt.latest_step() == 2
   monkeypatch.undo()
   resumed = seg_job.train(config, str(tmp_path / "cut"), net, variables, info, "train", 0.05,
@@ -173,7 +173,27 @@ def test_bad_settings_fail_before_compute(pretrained, tmp_path, field, value, me
 
 
 def test_missing_voc_folder_fails_before_compute(pretrained, tmp_path):
-  config = segmentation_config(pretrained, dataset="voc2012", path=str(tmp_path / "nowhere"),
-                               train_split="train_aug", eval_split="val")
+  config = segmentation_config(pretrained)
+  config.data.update(dict(source="voc2012", path=str(tmp_path / "nowhere"),
+                          train_split="train_aug", eval_split="val"))
   with pytest.raises(ConfigError, match="nowhere"):
     run_job(config, str(tmp_path / "run"))
+
+
+def test_resume_refuses_other_data_but_accepts_a_moved_folder():
+  config = segmentation_config("unused")
+  config.data.update(dict(source="voc2012", path="/data/VOC2012", train_split="train_aug"))
+  meta = {"config": checkpoints.config_to_json(config), "base_lr": 0.05, "fingerprint": "f"}
+
+  def resume(**data):
+    changed = segmentation_config("unused")
+    changed.data.update({**dict(source="voc2012", path="/data/VOC2012", train_split="train_aug"),
+                         **data})
+    resume_check.check_run_resume(meta, changed, {"fingerprint": "f"}, 0.05, "segmentation",
+                                  seg_job._RESUME_FIELDS)
+
+  resume(path="/mnt/elsewhere/VOC2012")       # paths may change
+  with pytest.raises(ConfigError, match="data.train_split: saved 'train_aug', now 'train'"):
+    resume(train_split="train")
+  with pytest.raises(ConfigError, match="data.source: saved 'voc2012', now 'builtin'"):
+    resume(source="builtin")

@@ -1,4 +1,8 @@
-"""``config.data.source='builtin'``: the generated shapes dataset (relic/data/builtin.py)."""
+"""``config.data.source='builtin'``: the generated shapes dataset (relic/data/builtin.py).
+
+A Source (the shape's class; its exact mask the saliency mask) and a SegmentationSource (class
+``label + 1`` on the object's mask, 0 elsewhere): segmentation without a download.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import tensorflow as tf
 from relic.data import builtin, sources, splits
 
 
-class BuiltinSource(sources.Source):
+class BuiltinSource(sources.Source, sources.SegmentationSource):
   """Splits 'train', 'test', 'test_ood'; 'validation' and 'val' mean 'test'. Masks always exist."""
 
   def __init__(self, data: ml_collections.ConfigDict):
@@ -17,12 +21,21 @@ class BuiltinSource(sources.Source):
     self._cache_dir = data.cache_dir
     self._arrays: dict[str, dict[str, np.ndarray]] = {}
 
+  @classmethod
+  def check(cls, data: ml_collections.ConfigDict) -> None:
+    o = data.builtin
+    if min(o.num_train, o.num_test, o.image_size) <= 0:
+      sources.fail("builtin", f"sizes must be positive, got num_train={o.num_train}, "
+                   f"num_test={o.num_test}, image_size={o.image_size}", "use e.g. 10000, 2000, 64")
+    sources.check_split_fields(data, cls(data).num_examples)
+
   def _resolve(self, split: str) -> tuple[str, int, int]:
-    name, start, stop = splits.parse(split)
+    name, start, stop = sources.parse_split(split)
     resolved = splits.resolve_name(name, builtin.SPLITS)
     if resolved is None:
-      raise ValueError(f"The built-in dataset has no split {name!r}; it has {builtin.SPLITS} "
-                       "('validation' means 'test').")
+      raise sources.SplitError(split, f"the built-in dataset has no split {name!r}",
+                               f"choose one of {builtin.SPLITS} ('validation' and 'val' mean "
+                               "'test')")
     size = self._options.num_train if resolved == "train" else self._options.num_test
     return (resolved,) + splits.bounds(start, stop, size)
 
@@ -44,20 +57,32 @@ class BuiltinSource(sources.Source):
   def split_names(self) -> tuple[str, ...]:
     return builtin.SPLITS
 
+  def class_names(self) -> tuple[str, ...]:
+    return ("background",) + builtin.SHAPES
+
+  def _share(self, split: str, process_index: int,
+             process_count: int) -> tuple[dict[str, np.ndarray], int]:
+    """The arrays of this process's share of ``split``, and the split's size."""
+    name, first, last = self._resolve(split)
+    index = first + sources.share(last - first, process_index, process_count)
+    return {k: v[index] for k, v in self._load(name).items()}, last - first
+
   def reader(self, split: str, *, process_index: int, process_count: int,
              with_masks: bool) -> sources.Reader:
-    name, first, last = self._resolve(split)
-    arrays = self._load(name)
-    index = first + sources.share(last - first, process_index, process_count)
-    columns = {"image": arrays["image"][index], "label": arrays["label"][index]}
+    arrays, size = self._share(split, process_index, process_count)
+    columns = {"image": arrays["image"], "label": arrays["label"]}
     if with_masks:
-      columns["mask"] = arrays["mask"][index][..., None]
-    return sources.IndexedReader(columns, last - first, _image_and_label,
+      columns["mask"] = arrays["mask"][..., None]
+    return sources.IndexedReader(columns, size, lambda row: {k: row[k] for k in ("image", "label")},
                                  _mask if with_masks else None)
 
-
-def _image_and_label(row) -> dict[str, tf.Tensor]:
-  return {"image": row["image"], "label": row["label"]}
+  def segmentation_reader(self, split: str, *, process_index: int, process_count: int,
+                          shuffle: bool) -> sources.Reader:
+    del shuffle  # an index permutes the whole split
+    arrays, size = self._share(split, process_index, process_count)
+    masks = np.where(arrays["mask"] > 127, arrays["label"][:, None, None] + 1, 0)
+    return sources.IndexedReader({"image": arrays["image"], "mask": masks.astype(np.uint8)},
+                                 size, lambda row: {"image": row["image"], "mask": row["mask"]})
 
 
 def _mask(row, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:

@@ -2,21 +2,20 @@
 
 import ml_collections
 
-SOURCES = ("tfds", "folder", "builtin", "objectnet", "fgvc_aircraft")
-
 
 def data_config() -> ml_collections.ConfigDict:
   """Defaults follow ../method.md section 1 (4x224 large + 2x96 small views, p_m = 0.1)."""
   return ml_collections.ConfigDict(dict(
-      # 'tfds' (any tfds image dataset), 'folder' (a directory of images), 'builtin'
-      # (the generated shapes dataset: no download), 'objectnet' (an ObjectNet 1.0 folder, a
-      # test set: relic/data/objectnet.py) or 'fgvc_aircraft' (FGVC-Aircraft 2013b as
-      # downloaded: relic/data/fgvc_aircraft.py).
+      # A name of relic.data.sources.SOURCES: 'tfds' (any tfds image dataset), 'folder' (a
+      # directory of images), 'builtin' (the generated shapes, with exact object masks: no
+      # download), 'objectnet' (an ObjectNet 1.0 folder, a test set), 'fgvc_aircraft'
+      # (FGVC-Aircraft 2013b as downloaded); for segmentation 'voc2012' (a VOC2012 folder) or
+      # 'cityscapes' (tfds cityscapes/semantic_segmentation), and 'builtin'.
       source="tfds",
       dataset="imagenet2012",
       data_dir="",            # tfds data_dir; '' = tfds default (~/tensorflow_datasets).
       path="",                # image folder for source='folder' (layout: relic/data/folder_source.py),
-                              # the dataset folder for 'objectnet' and 'fgvc_aircraft'.
+                              # the dataset folder for 'objectnet', 'fgvc_aircraft' and 'voc2012'.
       # Folder of saliency masks, same relative paths as the images (any image extension;
       # tfds: matched by the example's file_name stem). Needed when mask_prob > 0, except for
       # the built-in source, which has exact object masks.

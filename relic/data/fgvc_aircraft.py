@@ -60,6 +60,25 @@ class AircraftSource(sources.Source):
     self._cache = builtin.cache_root(data.cache_dir)
     self._listings: dict[str, dict[str, np.ndarray]] = {}
 
+  @classmethod
+  def check(cls, data: ml_collections.ConfigDict) -> None:
+    sources.check_mask_folder(data)
+    download = ("point it to the unpacked fgvc-aircraft-2013b folder (the one holding data/), as "
+                "downloaded from robots.ox.ac.uk/~vgg/data/fgvc-aircraft")
+    if not data.path:
+      sources.fail("path", "no FGVC-Aircraft folder given for source='fgvc_aircraft'", download)
+    root = data_root(data.path)
+    needed = [root / "variants.txt", root / "images"]
+    for field in ("train_split", "eval_split"):
+      try:
+        parts = split_parts(data[field])
+      except ValueError as e:
+        sources.fail(field, str(e).rstrip("."), "use train, val, trainval or test, or a '+' join")
+      needed += [root / f"images_variant_{p}.txt" for p in parts]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+      sources.fail("path", f"FGVC-Aircraft files missing: {missing}", download)
+
   def classes(self) -> list[str]:
     return [line.strip() for line in (self.root / "variants.txt").read_text().splitlines()
             if line.strip()]

@@ -55,6 +55,28 @@ class FolderSource(sources.Source):
     self._train_split = data.train_split
     self._listings: dict[tuple[str, bool], dict[str, np.ndarray]] = {}
 
+  @classmethod
+  def check(cls, data: ml_collections.ConfigDict) -> None:
+    sources.check_mask_folder(data)
+    if not data.path:
+      sources.fail("path", "no image folder given for source='folder'",
+                   "set config.data.path=DIR (a folder of images, optionally in class sub-folders)")
+    source = cls(data)
+    if not source.root.is_dir():
+      sources.fail("path", f"image folder {str(source.root)!r} not found",
+                   "point it to an existing folder")
+    for field in ("train_split", "eval_split"):
+      try:
+        names = [splits.parse(part)[0] for part in splits.parts(data[field])]
+      except ValueError as e:
+        sources.fail(field, str(e).rstrip("."), "use NAME, NAME[start:stop] or NAME+NAME")
+      for name in names:
+        folder = source.split_dir(name)
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*")):
+          sources.fail("path", f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under "
+                       f"{str(folder)!r} for config.data.{field}={data[field]!r}",
+                       "put images there (class sub-folders optional) or fix the path/split")
+
   def split_dir(self, name: str) -> pathlib.Path:
     present = tuple(d.name for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else ()
     resolved = splits.resolve_name(name, present)

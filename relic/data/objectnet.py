@@ -22,8 +22,9 @@ import pathlib
 
 import ml_collections
 import tensorflow as tf
+from absl import logging
 
-from relic.data import decode, folder_source
+from relic.data import decode, folder_source, sources
 from relic.data.objectnet_classes import CLASSES
 
 BORDER = 2  # pixels cut from each side of an ObjectNet image
@@ -41,6 +42,26 @@ class ObjectNetSource(folder_source.FolderSource):
   def __init__(self, data: ml_collections.ConfigDict):
     super().__init__(data)
     self.root = images_root(data.path)
+
+  @classmethod
+  def check(cls, data: ml_collections.ConfigDict) -> None:
+    sources.check_mask_folder(data)
+    if not data.path:
+      sources.fail("path", "no ObjectNet folder given for source='objectnet'",
+                   "set it to the unpacked objectnet-1.0 folder (config.robustness.objectnet_path "
+                   "for the robustness job)")
+    root = images_root(data.path)
+    present = [c for c in CLASSES if (root / c).is_dir()]
+    if not present:
+      sources.fail("path", f"no ObjectNet class folders of the 113 ImageNet classes (e.g. "
+                   f"'{CLASSES[0]}/') under {str(root)!r}",
+                   "point it to the unpacked objectnet-1.0 folder (the one holding images/), as "
+                   "downloaded from objectnet.dev")
+    if len(present) < len(CLASSES):
+      missing = sorted(set(CLASSES) - set(present))
+      logging.warning("Only %d of the %d ImageNet-overlapping ObjectNet class folders are under "
+                      "%s (missing e.g. %s): the score covers the present ones only.",
+                      len(present), len(CLASSES), root, missing[:3])
 
   def split_dir(self, name: str) -> pathlib.Path:
     return self.root

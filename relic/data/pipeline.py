@@ -27,7 +27,7 @@ from absl import logging
 
 from relic.config import ConfigError
 from relic.data import augment_spec, fake, seeds, sources, views
-from relic.data.checks import check_data_config
+from relic.data.sources import check_data_config
 from relic.data.prefetch import device_prefetch
 
 __all__ = ["pretrain_batches", "eval_batches", "num_examples", "num_classes", "split_names",
@@ -89,7 +89,8 @@ def eval_num_batches(global_size: int, process_count: int, batch_size: int) -> i
   return math.ceil(math.ceil(global_size / process_count) / batch_size)
 
 
-def _options(data: ml_collections.ConfigDict) -> tf.data.Options:
+def tf_options(data: ml_collections.ConfigDict) -> tf.data.Options:
+  """Deterministic tf.data (every input pipeline of relic), on ``data.num_threads`` threads."""
   options = tf.data.Options()
   options.deterministic = True
   options.threading.max_intra_op_parallelism = 1
@@ -98,7 +99,7 @@ def _options(data: ml_collections.ConfigDict) -> tf.data.Options:
   return options
 
 
-def _parallel_calls(data: ml_collections.ConfigDict) -> int:
+def parallel_calls(data: ml_collections.ConfigDict) -> int:
   return data.num_threads if data.num_threads > 0 else tf.data.AUTOTUNE
 
 
@@ -200,15 +201,15 @@ def pretrain_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed
 
   _probe(reader, root, example, f"split {data.train_split!r}")
   ds = _stream(reader, root, first_epoch, offset, shuffle=True, repeat=True)
-  ds = ds.map(example, num_parallel_calls=_parallel_calls(data), deterministic=True)
+  ds = ds.map(example, num_parallel_calls=parallel_calls(data), deterministic=True)
   ds = ds.ignore_errors(log_warning=True)   # a last resort; folders are validated up-front
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options(data)).as_numpy_iterator()
+  return ds.with_options(tf_options(data)).as_numpy_iterator()
 
 
 def eval_batches(config: ml_collections.ConfigDict, *, split: str, batch_size: int,
                  image_size: int, train_augment: bool = False, seed: int = 0,
-                 repeat: bool = False) -> Iterator[dict]:
+                 repeat: bool = False, start_step: int = 0) -> Iterator[dict]:
   """Batches of this process's share of ``split`` for evaluation jobs.
 
   Args:
@@ -220,6 +221,9 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str, batch_size: i
       else the 224/256 centre crop in stored order.
     seed: seed of the order and the augmentation.
     repeat: endless epochs (no padding); else one pass, padded.
+    start_step: with ``repeat``, the batches from this one on, exactly as an uninterrupted
+      stream yields them (a resumed training run): whole epochs and the records already used
+      are skipped before decoding.
 
   Yields:
     'image' ``(b, image_size, image_size, 3)`` float32 in [0, 1], 'label' ``(b,)`` int32 and
@@ -251,8 +255,9 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str, batch_size: i
     return out
 
   _probe(reader, root, example, f"split {split!r}")
-  ds = _stream(reader, root, 0, 0, shuffle=train_augment, repeat=repeat)
-  ds = ds.map(example, num_parallel_calls=_parallel_calls(data), deterministic=True)
+  first_epoch, offset = divmod(start_step * batch_size, reader.size) if repeat else (0, 0)
+  ds = _stream(reader, root, first_epoch, offset, shuffle=train_augment, repeat=repeat)
+  ds = ds.map(example, num_parallel_calls=parallel_calls(data), deterministic=True)
   ds = ds.ignore_errors(log_warning=True)
   if not repeat:
     padding = {"image": tf.zeros([image_size, image_size, 3], tf.float32),
@@ -262,4 +267,4 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str, batch_size: i
     total = eval_num_batches(reader.global_size, process_count, batch_size) * batch_size
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(total)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options(data)).as_numpy_iterator()
+  return ds.with_options(tf_options(data)).as_numpy_iterator()

@@ -8,7 +8,8 @@ with probability 1/2; image and mask always share the window and the flip. Evalu
 central ``eval_size`` crop where an image is larger, the same padding where it is smaller, no
 resizing.
 
-Datasets and splits: relic/data/segmentation_sources.py. Determinism and sharding work as in
+Data: ``config.data``, a SegmentationSource ('voc2012', 'cityscapes', 'builtin'; see
+relic/data/sources.py) and its train / eval splits. Determinism and sharding work as in
 relic/data/pipeline.py: each process reads a fixed disjoint share; every random draw is keyed by
 (seed, process, epoch, position in the epoch), so a training stream is a pure function of
 (seed, step) whatever tf.data's parallelism, and ``start_step`` starts in the right epoch and
@@ -26,12 +27,11 @@ import tensorflow as tf
 from absl import logging
 
 from relic.data import pipeline, seeds, sources
-from relic.data import segmentation_sources as seg_sources
 
 __all__ = ["IGNORE", "MEAN_RGB", "num_classes", "class_names", "num_examples", "check",
            "train_batches", "eval_batches", "train_example", "eval_example"]
 
-IGNORE = seg_sources.IGNORE   # mask value of void / border / padding pixels: never scored
+IGNORE = sources.IGNORE   # mask value of void / border / padding pixels: never scored
 MEAN_RGB = (0.485, 0.456, 0.406)
 _MAX_EPOCHS = 2 ** 40
 _SCALE, _CROP, _FLIP = 0, 1, 2   # streams of an example's key
@@ -39,8 +39,8 @@ _SCALE, _CROP, _FLIP = 0, 1, 2   # streams of an example's key
 _graph_function = functools.partial(tf.function, autograph=False)
 
 
-def _process() -> tuple[int, int]:
-  return jax.process_index(), jax.process_count()
+def _source(config: ml_collections.ConfigDict) -> sources.SegmentationSource:
+  return sources.get_source(config, sources.SegmentationSource)
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
@@ -49,18 +49,18 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
 
 
 def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  return seg_sources.class_names(config.segmentation.dataset)
+  return _source(config).class_names()
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   """Images of ``split`` over all processes; slicing allowed ('train_aug[:2119]')."""
-  return seg_sources.num_examples(config, split)
+  return _source(config).num_examples(split)
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError, naming what is missing and how to provide it, when the configured
-  dataset or one of its train / eval splits cannot be read. Nothing is decoded."""
-  seg_sources.check(config)
+  """Raises ConfigError, naming what is missing and how to provide it, when the source or one of
+  its train / eval splits cannot be read, or a split is empty. Nothing is decoded."""
+  sources.source_class(config.data.source, sources.SegmentationSource).check(config.data)
 
 
 def _pad(image: tf.Tensor, mask: tf.Tensor, height, width) -> tuple[tf.Tensor, tf.Tensor]:
@@ -124,23 +124,9 @@ def eval_example(image: tf.Tensor, mask: tf.Tensor,
   return image, mask
 
 
-def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.max_intra_op_parallelism = 1
-  if config.data.num_threads > 0:
-    options.threading.private_threadpool_size = config.data.num_threads
-  return options
-
-
-def _parallel_calls(config: ml_collections.ConfigDict) -> int:
-  return config.data.num_threads if config.data.num_threads > 0 else tf.data.AUTOTUNE
-
-
 def _reader(config, split: str, shuffle: bool) -> sources.Reader:
-  process_index, process_count = _process()
-  return seg_sources.reader(config, split, process_index=process_index,
-                            process_count=process_count, shuffle=shuffle)
+  return _source(config).segmentation_reader(split, process_index=jax.process_index(),
+                                             process_count=jax.process_count(), shuffle=shuffle)
 
 
 def train_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
@@ -153,7 +139,7 @@ def train_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed: i
     seed: with ``start_step`` fixes every batch.
     start_step: batches to skip: yields exactly what the stream from step 0 yields from its
       ``start_step``-th batch on, without decoding the skipped examples.
-    split: default ``config.segmentation.train_split``.
+    split: default ``config.data.train_split``.
 
   Yields:
     'image' (b, crop, crop, 3) float32 in [0, 1], 'mask' (b, crop, crop) int32 with IGNORE,
@@ -162,7 +148,7 @@ def train_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed: i
   if batch_size <= 0 or start_step < 0:
     raise ValueError(f"Need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}.")
   s = config.segmentation
-  split = split or s.train_split
+  split = split or config.data.train_split
   reader = _reader(config, split, shuffle=True)
   process_index = jax.process_index()
   if reader.size == 0:
@@ -172,7 +158,7 @@ def train_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed: i
   # element k * batch_size.
   first_epoch, offset = divmod(start_step * batch_size, reader.size)
   logging.info("Segmentation training input: %s %r, %d of %d images on process %d; step %d = "
-               "epoch %d, image %d.", s.dataset, split, reader.size, reader.global_size,
+               "epoch %d, image %d.", config.data.source, split, reader.size, reader.global_size,
                process_index, start_step, first_epoch, offset)
 
   @_graph_function
@@ -191,12 +177,12 @@ def train_batches(config: ml_collections.ConfigDict, *, batch_size: int, seed: i
   _probe(reader, root, example, split)
   ds = one_epoch(tf.constant(first_epoch, tf.int64)).skip(offset)
   ds = ds.concatenate(tf.data.Dataset.range(first_epoch + 1, _MAX_EPOCHS).flat_map(one_epoch))
-  ds = ds.map(example, num_parallel_calls=_parallel_calls(config), deterministic=True)
+  ds = ds.map(example, num_parallel_calls=pipeline.parallel_calls(config.data), deterministic=True)
   # A last resort for a corrupt file met hours into training; the probe above makes sure
   # that not every example fails.
   ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options(config)).as_numpy_iterator()
+  return ds.with_options(pipeline.tf_options(config.data)).as_numpy_iterator()
 
 
 def _probe(reader: sources.Reader, root: tf.Tensor, example, split: str) -> None:
@@ -236,11 +222,11 @@ def eval_batches(config: ml_collections.ConfigDict, *, split: str,
     return {"image": image, "mask": mask, "valid": tf.constant(True)}
 
   ds = reader.epoch(seeds.root_key(0, jax.process_index()), zero, shuffle=False)
-  ds = ds.map(example, num_parallel_calls=_parallel_calls(config), deterministic=True)
+  ds = ds.map(example, num_parallel_calls=pipeline.parallel_calls(config.data), deterministic=True)
   padding = {"image": tf.broadcast_to(tf.constant(MEAN_RGB, tf.float32), [height, width, 3]),
              "mask": tf.fill([height, width], IGNORE), "valid": tf.constant(False)}
   total = pipeline.eval_num_batches(reader.global_size, jax.process_count(), batch_size)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(total * batch_size)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options(config)).as_numpy_iterator()
+  return ds.with_options(pipeline.tf_options(config.data)).as_numpy_iterator()
 

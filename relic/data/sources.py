@@ -1,10 +1,14 @@
-"""Where examples come from: the source interface and ``config.data.source`` dispatch.
+"""Where examples come from: the source interface and the registry of ``config.data.source``.
 
-A :class:`Source` is a dataset (tfds, an image folder or the built-in shapes); a
-:class:`Reader` is one process's disjoint share of one of its splits. The pipeline asks a
-reader for the *records* of an epoch in that epoch's order (cheap: indices or undecoded
-bytes), skips what a resumed run has already consumed, and only then has the reader
-:meth:`~Reader.load` (read and decode) the records it keeps.
+A :class:`Source` holds images and labels (tfds, an image folder, the built-in shapes...), a
+:class:`SegmentationSource` images and per-pixel class masks (VOC 2012, Cityscapes, the shapes):
+each job asks for the capability it needs. A :class:`Reader` is one process's disjoint share of
+a split. The pipeline asks a reader for the *records* of an epoch in that epoch's order (cheap:
+indices or undecoded bytes), skips what a resumed run has already consumed, and only then has
+the reader :meth:`~Reader.load` (read and decode) the records it keeps.
+
+:data:`SOURCES` names each source's class, imported on first use: this module imports none of
+them (they import it), so a source's dependencies load only when it is used.
 """
 
 from __future__ import annotations
@@ -12,13 +16,34 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import importlib
 import json
+import pathlib
+from typing import Callable, NoReturn, TypeVar
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from relic.data import seeds
+from relic.data import seeds, splits
+from relic.errors import ConfigError
+
+# config.data.source -> "module:class".
+SOURCES = {
+    "tfds": "relic.data.tfds_source:TfdsSource",
+    "folder": "relic.data.folder_source:FolderSource",
+    "builtin": "relic.data.builtin_source:BuiltinSource",
+    "objectnet": "relic.data.objectnet:ObjectNetSource",
+    "fgvc_aircraft": "relic.data.fgvc_aircraft:AircraftSource",
+    "voc2012": "relic.data.voc2012:VocSource",
+    "cityscapes": "relic.data.cityscapes:CityscapesSource",
+}
+IGNORE = 255  # segmentation mask value of void / border / padding pixels: never scored
+
+
+def fail(field: str, problem: str, fix: str) -> NoReturn:
+  """Raises the ConfigError of ``config.data.FIELD``."""
+  raise ConfigError(f"config.data.{field}: {problem}. Fix: {fix}.")
 
 
 class Reader(abc.ABC):
@@ -35,7 +60,8 @@ class Reader(abc.ABC):
 
   @abc.abstractmethod
   def load(self, record) -> dict[str, tf.Tensor]:
-    """A record -> 'image' (H, W, 3) uint8 and 'label' int32 (-1 = unknown)."""
+    """A record -> 'image' (H, W, 3) uint8 and 'label' int32 (-1 = unknown); from a
+    segmentation reader, 'image' and 'mask' (H, W) uint8 class ids (:data:`IGNORE`: void)."""
 
   def load_mask(self, record, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
     """The record's saliency mask, (height, width, 1) uint8, 255 = foreground.
@@ -46,12 +72,27 @@ class Reader(abc.ABC):
     raise NotImplementedError(f"{type(self).__name__} has no saliency masks.")
 
 
-class Source(abc.ABC):
-  """A dataset with named splits."""
+class DataSource(abc.ABC):
+  """What every registered source has, whatever it offers."""
+
+  offers: str  # what a job gets from it (for the error that names the sources offering it)
+  cacheable = True  # get_source keeps one per data config: a folder is scanned once per process
+
+  @classmethod
+  @abc.abstractmethod
+  def check(cls, data: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError, naming the field and the fix, when ``data`` cannot be read: the
+    source's folder or dataset, its train and eval splits. Cheap: nothing is decoded."""
 
   @abc.abstractmethod
   def num_examples(self, split: str) -> int:
     ...
+
+
+class Source(DataSource):
+  """A dataset of images and labels with named splits (pretraining, classification)."""
+
+  offers = "images with labels for pretraining and classification"
 
   @abc.abstractmethod
   def num_classes(self) -> int:
@@ -77,6 +118,66 @@ class Source(abc.ABC):
     examples are not files (tfds records, the built-in arrays)."""
     del split
     return None
+
+
+class SegmentationSource(DataSource):
+  """A dataset of images with per-pixel class masks: the segmentation job's data. A capability
+  of its own, as most sources have no masks; a class may offer both (the built-in shapes)."""
+
+  offers = "per-pixel class masks for segmentation"
+
+  @abc.abstractmethod
+  def class_names(self) -> tuple[str, ...]:
+    """The names of the mask's class ids."""
+
+  @abc.abstractmethod
+  def segmentation_reader(self, split: str, *, process_index: int, process_count: int,
+                          shuffle: bool) -> Reader:
+    """This process's share of ``split``; its records load to 'image' and 'mask'. ``shuffle``:
+    whether epochs will be shuffled (a tfds reader then reads more blocks to mix)."""
+
+
+class SplitError(ValueError):
+  """A split the source cannot serve; :func:`check_split_fields` names the field holding it."""
+
+  def __init__(self, split: str, problem: str, fix: str):
+    self.problem, self.fix = problem, fix
+    super().__init__(f"split {split!r}: {problem}. Fix: {fix}.")
+
+
+def parse_split(split: str) -> tuple[str, str | None, str | None]:
+  """:func:`relic.data.splits.parse`, failing with a SplitError."""
+  try:
+    return splits.parse(split)
+  except ValueError:
+    raise SplitError(split, "cannot parse it", "use NAME or NAME[start:stop] with integer or "
+                     "percent bounds, e.g. 'train[:10000]' or 'train[90%:]'") from None
+
+
+def check_split_fields(data: ml_collections.ConfigDict, num_examples: Callable[[str], int]) -> None:
+  """``data.train_split`` and ``data.eval_split`` must be non-empty splits (a SplitError from
+  ``num_examples``, the source's count, fails naming the field)."""
+  for field in ("train_split", "eval_split"):
+    try:
+      if num_examples(data[field]) == 0:
+        fail(field, f"split {data[field]!r} has no examples", "use a non-empty split or slice")
+    except SplitError as e:
+      fail(field, f"split {data[field]!r}: {e.problem}", e.fix)
+
+
+def check_mask_folder(data: ml_collections.ConfigDict) -> bool:
+  """Whether masked views are on; then the saliency-mask folder a source without masks of its
+  own needs must exist."""
+  needs_masks = data.mask_prob > 0 and data.views.large.num > 0
+  if needs_masks and not data.mask_path:
+    fail("mask_prob", f"is {data.mask_prob} but the {data.source!r} source has no saliency "
+         "masks", "set config.data.mask_path=DIR, a folder of grayscale masks (255 = "
+         "foreground) with the same relative paths/stems as the images, or set "
+         "config.data.mask_prob=0 to train without masked views")
+  if needs_masks and not pathlib.Path(data.mask_path).expanduser().is_dir():
+    fail("mask_path", f"mask folder {data.mask_path!r} not found",
+         "point it to an existing folder of saliency masks, or set config.data.mask_prob=0")
+  return needs_masks
 
 
 def stored_order(names: list[str]) -> np.ndarray:
@@ -145,34 +246,42 @@ class IndexedReader(Reader):
     return self._load_mask_row(_Row(self._columns, record), height, width)
 
 
+_Capability = TypeVar("_Capability", bound=DataSource)
+
+
+def _load(name: str) -> type:
+  module, _, cls = SOURCES[name].partition(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def source_class(name: str, capability: type[_Capability] = Source) -> type[_Capability]:
+  """The class of source ``name``; ConfigError unless it offers ``capability`` (any: DataSource)."""
+  if name not in SOURCES:
+    fail("source", f"unknown source {name!r}", "choose one of " + ", ".join(map(repr, SOURCES)))
+  found = _load(name)
+  if not issubclass(found, capability):
+    offering = [n for n in SOURCES if issubclass(_load(n), capability)]
+    fail("source", f"{name!r} has no {capability.offers}",
+         "choose one of " + ", ".join(map(repr, offering)))
+  return found
+
+
 @functools.lru_cache(maxsize=8)
-def _cached_source(kind: str, data_json: str) -> Source:
-  data = ml_collections.ConfigDict(json.loads(data_json))
-  if kind == "builtin":
-    from relic.data.builtin_source import BuiltinSource  # pylint: disable=import-outside-toplevel
-    return BuiltinSource(data)
-  if kind == "objectnet":
-    from relic.data.objectnet import ObjectNetSource  # pylint: disable=import-outside-toplevel
-    return ObjectNetSource(data)
-  if kind == "fgvc_aircraft":
-    from relic.data.fgvc_aircraft import AircraftSource  # pylint: disable=import-outside-toplevel
-    return AircraftSource(data)
-  from relic.data.folder_source import FolderSource  # pylint: disable=import-outside-toplevel
-  return FolderSource(data)
+def _cached_source(name: str, data_json: str):
+  return _load(name)(ml_collections.ConfigDict(json.loads(data_json)))
 
 
-def get_source(config: ml_collections.ConfigDict) -> Source:
-  """The source of ``config.data``.
+def get_source(config: ml_collections.ConfigDict,
+               capability: type[_Capability] = Source) -> _Capability:
+  """The source of ``config.data``, which must offer ``capability``."""
+  cls = source_class(config.data.source, capability)
+  if not cls.cacheable:
+    return cls(config.data)
+  return _cached_source(config.data.source, config.data.to_json(sort_keys=True))
 
-  Folder and built-in sources are cached per data config, so a folder is scanned and the
-  shapes are loaded once per process. tfds builders are cheap and not cached (tfds's test
-  mocks patch them per context).
-  """
-  data = config.data
-  if data.source == "tfds":
-    from relic.data.tfds_source import TfdsSource  # pylint: disable=import-outside-toplevel
-    return TfdsSource(data)
-  if data.source not in ("folder", "builtin", "objectnet", "fgvc_aircraft"):
-    raise ValueError(f"Unknown data source {data.source!r}; choose 'tfds', 'folder', "
-                     "'builtin', 'objectnet' or 'fgvc_aircraft'.")
-  return _cached_source(data.source, data.to_json(sort_keys=True))
+
+def check_data_config(config: ml_collections.ConfigDict) -> None:
+  """ConfigError when the configured images and labels cannot be read, before any compute
+  (unreadable files are handled later, see relic/data/image_check.py)."""
+  if not config.data.fake:
+    source_class(config.data.source).check(config.data)

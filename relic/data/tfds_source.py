@@ -23,13 +23,18 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from relic.data import builtin, decode, image_check, seeds, sources
+from relic.errors import ConfigError
 
 _BLOCKS_PER_PROCESS = 16
 _MIN_BLOCK_SIZE = 1000
 
 MANUAL_DOWNLOADS = {
     "imagenet2012": ("ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from "
-                     "https://image-net.org/download-images, after registering)"),
+                     "https://image-net.org/download-images, after registering; converting them "
+                     "needs about 150 GB of free disk space)"),
+    "cityscapes/semantic_segmentation": (
+        "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip (from "
+        "https://www.cityscapes-dataset.com, after registering)"),
 }
 
 
@@ -44,7 +49,7 @@ def missing_message(name: str, data_dir: str, error: Exception) -> str:
     steps = (f"{name} needs a manual download: put {MANUAL_DOWNLOADS[name]} in "
              f"{builder_dir}/downloads/manual/, then run "
              f"`tfds build {name} --data_dir={builder_dir}` once (it extracts and converts the "
-             "archives; about 150 GB of free disk space are needed)")
+             "archives)")
   else:
     steps = (f"run `tfds build {name} --data_dir={builder_dir}` on a machine with internet "
              "access (copy the resulting folder here if this one has none)")
@@ -57,10 +62,12 @@ class TfdsSource(sources.Source):
   else 'labels' (a sequence of classes, as in voc/2007) the set of classes of a multi-label
   dataset, with 'labels_no_difficult' (if present) telling which are only "difficult"."""
 
-  def __init__(self, data: ml_collections.ConfigDict):
-    self.name = data.dataset
+  cacheable = False  # tfds's test mocks patch builders per context
+
+  def __init__(self, data: ml_collections.ConfigDict, dataset: str = ""):
+    self.name = dataset or data.dataset
     self.data_dir = data.data_dir
-    self.builder = tfds.builder(data.dataset, data_dir=data.data_dir or None)
+    self.builder = tfds.builder(self.name, data_dir=data.data_dir or None)
     self._shuffle_buffer = data.shuffle_buffer
     self._mask_root = pathlib.Path(data.mask_path).expanduser() if data.mask_path else None
     self._cache = builtin.cache_root(data.cache_dir)
@@ -68,7 +75,7 @@ class TfdsSource(sources.Source):
     images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
     if not images:
       raise ValueError(f"tfds dataset {self.name!r} has no image feature.")
-    self.image_key = images[0]
+    self.image_key, self._image_keys = images[0], images
     label = features["label"] if "label" in features else None
     labels = features["labels"] if "labels" in features else None
     self._multilabel = (not isinstance(label, tfds.features.ClassLabel) and
@@ -82,10 +89,12 @@ class TfdsSource(sources.Source):
     self.has_file_names = "file_name" in features
 
   def as_dataset(self, split) -> tf.data.Dataset:
-    """Undecoded examples of a split, in stored order. Raises DatasetMissingError."""
+    """Examples of a split, in stored order, their images undecoded (decoded after shuffling,
+    so a shuffle buffer holds small records). Raises DatasetMissingError."""
     try:
       return self.builder.as_dataset(split=split, shuffle_files=False,
-                                     decoders={self.image_key: tfds.decode.SkipDecoding()})
+                                     decoders={k: tfds.decode.SkipDecoding()
+                                               for k in self._image_keys})
     except (AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as e:
       raise DatasetMissingError(missing_message(self.name, self.data_dir, e)) from e
 
@@ -105,13 +114,40 @@ class TfdsSource(sources.Source):
   def multilabel(self) -> bool:
     return self._multilabel
 
+  @classmethod
+  def check(cls, data: ml_collections.ConfigDict) -> None:
+    needs_masks = sources.check_mask_folder(data)
+    try:
+      source = cls(data)
+    except tfds.core.DatasetNotFoundError as e:
+      sources.fail("dataset", f"no tfds dataset named {data.dataset!r} ({str(e).splitlines()[0]})",
+                   "use a name from the tfds catalog (https://www.tensorflow.org/datasets/catalog), "
+                   "e.g. 'imagenet2012' or 'cifar10'")
+    for field in ("train_split", "eval_split"):
+      try:
+        source.as_dataset(data[field])
+      except DatasetMissingError as e:
+        raise ConfigError(f"config.data.dataset: {e}") from None
+      except (ValueError, KeyError) as e:
+        sources.fail(field, f"split {data[field]!r} of {data.dataset!r} cannot be read ({e})",
+                     f"use one of {list(source.split_names())}, tfds slicing allowed")
+    if needs_masks and not source.has_file_names:
+      sources.fail("mask_path", f"tfds dataset {data.dataset!r} has no 'file_name' feature to "
+                   "match masks by", "set config.data.mask_prob=0 or use source='folder'")
+
+  def blocks(self, split: str, process_index: int, process_count: int, max_blocks: int = 0,
+             min_block_size: int = 0) -> tuple[list[tf.data.Dataset], int]:
+    """This process's blocks of ``split`` (module docstring; 0: its settings), the split's size."""
+    global_size = self.num_examples(split)
+    blocks = max(1, min(max_blocks or _BLOCKS_PER_PROCESS,
+                        global_size // (process_count * (min_block_size or _MIN_BLOCK_SIZE))))
+    subsplits = tfds.even_splits(split, n=process_count * blocks)
+    return [self.as_dataset(s) for s in
+            subsplits[process_index * blocks:(process_index + 1) * blocks]], global_size
+
   def reader(self, split: str, *, process_index: int, process_count: int,
              with_masks: bool) -> sources.Reader:
-    global_size = self.num_examples(split)
-    blocks = max(1, min(_BLOCKS_PER_PROCESS, global_size // (process_count * _MIN_BLOCK_SIZE)))
-    subsplits = tfds.even_splits(split, n=process_count * blocks)
-    datasets = [self.as_dataset(s) for s in
-                subsplits[process_index * blocks:(process_index + 1) * blocks]]
+    datasets, global_size = self.blocks(split, process_index, process_count)
     masks = self._mask_table() if with_masks else None
     targets = ((self._num_classes, self._has_difficult) if self._multilabel else None)
     return TfdsReader(datasets, global_size, self._shuffle_buffer, self.image_key, masks,

@@ -1,13 +1,15 @@
-"""Quick frozen-feature evaluation of an encoder: kNN and a linear classifier on features.
-
-Used by the pretraining job as its periodic kNN monitor and, when ``config.final_eval.enabled``,
-for the end-of-run summary that compares the pretrained encoder with a random-init one.
+"""The ``frozen`` evaluator: a linear classifier and kNN on frozen features of the encoder, next
+to a random-init encoder of the same architecture (``config.final_eval``); the end-of-run summary
+of the quickstart. :func:`split_features` also serves the ``knn`` evaluator.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from relic.evaluators import features as features_lib
@@ -22,7 +24,6 @@ def eval_batch_size(config, mesh) -> int:
 
 
 def _process_count() -> int:
-  import jax  # pylint: disable=import-outside-toplevel
   return jax.process_count()
 
 
@@ -33,17 +34,6 @@ def split_features(config, encoder, variables: Any, mesh, split: str,
                                   image_size=config.data.views.large.size)
   return features_lib.extract_features(encoder, variables, batches, mesh,
                                        max_examples=max_examples)
-
-
-def knn_monitor(config, encoder, variables: Any, mesh, num_classes: int,
-                bank: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
-  """kNN top-1 (%) on the eval split with a labelled bank from the train split."""
-  bank_x, bank_y = bank or split_features(config, encoder, variables, mesh,
-                                          config.data.train_split, config.knn.num_train_examples)
-  test_x, test_y = split_features(config, encoder, variables, mesh, config.data.eval_split,
-                                  config.final_eval.num_test_examples)
-  return {"knn_top1": knn.knn_top1(bank_x, bank_y, test_x, test_y, num_classes=num_classes,
-                                   k=config.knn.k, temperature=config.knn.temperature)}
 
 
 def evaluate_frozen(config, encoder, variables: Any, mesh, num_classes: int) -> dict[str, Any]:
@@ -67,3 +57,32 @@ def evaluate_frozen(config, encoder, variables: Any, mesh, num_classes: int) -> 
         "num_test": int(len(test_x)),
     }
   return results
+
+
+class Evaluator:
+  """Final evaluation of pretraining: ``{'pretrained': {split: ...}, 'random_init': ...}``."""
+
+  def __init__(self, config, encoder, mesh, num_classes: int):
+    self._config, self._encoder, self._mesh, self._classes = config, encoder, mesh, num_classes
+
+  def run(self, variables: Any) -> dict[str, Any]:
+    config, started = self._config, time.perf_counter()
+    results = {"pretrained": evaluate_frozen(config, self._encoder, variables, self._mesh,
+                                             self._classes)}
+    if config.final_eval.compare_random_init:
+      size = config.data.views.large.size
+      random_vars = self._encoder.init(jax.random.key(config.seed + 1),
+                                       jnp.zeros((2, size, size, 3)), train=False)
+      results["random_init"] = evaluate_frozen(config, self._encoder, random_vars, self._mesh,
+                                               self._classes)
+    results["evaluation_seconds"] = time.perf_counter() - started
+    return results
+
+  @staticmethod
+  def markdown(results: dict[str, Any]) -> str:
+    """A readable table: encoder x split -> linear / kNN top-1."""
+    lines = ["| encoder | split | linear top-1 (%) | kNN top-1 (%) |", "|---|---|---|---|"]
+    for encoder in ("pretrained", "random_init"):
+      for split, r in results.get(encoder, {}).items():
+        lines.append(f"| {encoder} | {split} | {r['linear_top1']:.1f} | {r['knn_top1']:.1f} |")
+    return "\n".join(lines) + "\n"

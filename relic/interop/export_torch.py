@@ -26,9 +26,9 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
+from relic.checkpoints.probe_head import load_probe_head
 from relic.interop.architecture import spec_from_variables
 from relic.interop.load import load_encoder
-from relic.interop.probe import load_probe_head
 from relic.interop.torchvision_names import head_from_params, to_torchvision_state_dict
 from relic.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -63,7 +63,7 @@ def export_torch(pretrained: str, out: str, probe: str | None = None, arch: str 
   import torch  # pylint: disable=import-outside-toplevel
 
   model, variables = load_encoder(pretrained, arch)
-  head = load_probe_head(probe) if probe else None
+  head = load_probe_head(probe)[0] if probe else None
   state = to_torchvision_state_dict(variables, head)
   spec = spec_from_variables(variables)
   num_classes = int(state["fc.bias"].shape[0]) if head is not None else 0
@@ -107,7 +107,8 @@ def main(argv) -> None:
 if __name__ == "__main__":
   flags.DEFINE_string("pretrained", None, "relic workdir/checkpoint or DeepMind .pkl.")
   flags.DEFINE_string("out", None, "Output .pth file; its .json sidecar is written next to it.")
-  flags.DEFINE_string("probe", None, "Optional linear head: relic workdir/checkpoint or .npz.")
+  flags.DEFINE_string("probe", None, "Optional linear head: a linear probe's workdir, a .npz, "
+                      "or a pretraining workdir/checkpoint (its online probe).")
   flags.DEFINE_string("arch", None, "Architecture check/choice, e.g. resnet50x2 (pickles).")
   flags.DEFINE_integer("check_size", 64, "Image size of the relic-vs-torch check; 0 skips it.")
   flags.mark_flags_as_required(["pretrained", "out"])

@@ -6,8 +6,8 @@ DIR then loads like a relic pretraining workdir (``--config.pretrained=DIR``,
 ``relic.interop.load_encoder(DIR)``), without the pickle or its unpickling cost:
   DIR/config.json               relic.config.base_config() with config.model set to the
                                 encoder (depth, width_multiplier, ..., padding='same'),
-                                written by relic.workdir.write_config;
-  DIR/checkpoints/0/            a relic checkpoint (relic.checkpoint.Checkpointer, step 0):
+                                written by relic.checkpoints.write_config;
+  DIR/checkpoints/0/            a relic checkpoint (relic.checkpoints.Checkpointer, step 0):
     state                       Orbax StandardSave of
                                 {'online_params': {'encoder': params},
                                  'online_batch_stats': {'encoder': batch_stats}},
@@ -30,21 +30,19 @@ STEP = 0
 def write_encoder_checkpoint(out: str, spec: EncoderSpec, variables: Mapping[str, Any],
                              padding: str) -> None:
   """Writes ``variables`` of ``spec.model(padding)`` as a relic workdir (see module docstring)."""
-  from relic import checkpoint  # pylint: disable=import-outside-toplevel  (orbax, on demand)
-  from relic import config as config_lib
-  from relic import workdir
+  from relic import checkpoints, config as config_lib  # pylint: disable=import-outside-toplevel
 
   config = config_lib.base_config()
   for key, value in spec.model_config(padding).items():
     config.model[key] = value
-  state = {"online_params": {checkpoint.ENCODER: dict(variables["params"])},
-           "online_batch_stats": {checkpoint.ENCODER: dict(variables["batch_stats"])}}
-  with checkpoint.Checkpointer(out, keep=1, async_save=False) as checkpointer:
+  state = {"online_params": {checkpoints.ENCODER: dict(variables["params"])},
+           "online_batch_stats": {checkpoints.ENCODER: dict(variables["batch_stats"])}}
+  with checkpoints.Checkpointer(out, keep=1, async_save=False) as checkpointer:
     if checkpointer.latest_step() is not None:
       raise ValueError(f"{checkpointer.directory} already holds checkpoints; choose an empty "
                        f"--out.")
-    workdir.write_config(config, str(out))
-    checkpointer.save(STEP, state, extra_json={"config": checkpoint.config_to_json(config)})
+    checkpoints.write_config(config, str(out))
+    checkpointer.save(STEP, state, extra_json={"config": checkpoints.config_to_json(config)})
 
 
 def import_deepmind(checkpoint: str, out: str, arch: str | None = None) -> EncoderSpec:

@@ -49,8 +49,8 @@ def load_encoder(path: str, arch: str | None = None) -> tuple[ResNet, dict[str, 
   if epath.Path(path).is_file():
     raise ValueError(f"{path} is neither a relic workdir/checkpoint directory nor a DeepMind "
                      f"pickle.")
-  from relic import encoder_checkpoint  # pylint: disable=import-outside-toplevel  (orbax, on demand)
-  model_config, variables = encoder_checkpoint.restore_encoder(str(path))
+  from relic.checkpoints.encoder import restore_encoder  # pylint: disable=import-outside-toplevel
+  model_config, variables = restore_encoder(str(path))
   model = model_from_config(model_config)
   if arch is not None:
     expected = parse_arch(arch)

@@ -5,6 +5,8 @@ Modules are imported on demand so that a job's heavy dependencies load only when
 
 import importlib
 
+from relic.errors import require
+
 JOBS = {
     "pretrain": "relic.jobs.pretrain",
     "linear_probe": "relic.jobs.linear_probe",
@@ -16,6 +18,6 @@ JOBS = {
 
 
 def get_job(name: str):
-  if name not in JOBS:
-    raise ValueError(f"Unknown job {name!r}; choose one of {sorted(JOBS)}.")
+  """The job module named ``name`` (imported now)."""
+  require(name in JOBS, "job", f"unknown job {name!r}", f"choose one of {sorted(JOBS)}")
   return importlib.import_module(JOBS[name])

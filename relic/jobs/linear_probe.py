@@ -21,27 +21,26 @@ PyTorch export, and resumable checkpoints of the heads in ``checkpoints/``.
 
 from __future__ import annotations
 
-import io
-import json
-import math
+import itertools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from etils import epath
 
-from relic import checkpoint, parallel, schedules
+from relic import errors, parallel, resume_check, schedules
+from relic.checkpoints import orbax_checkpointer as checkpoint
 from relic.config import ConfigError
 from relic.data import pipeline
-from relic.evaluators import accuracy, features as features_lib, linear_heads
+from relic.evaluators import accuracy, features as features_lib
+from relic.train import divergence, loop, sweep as sweep_lib
+from relic.train import heads_step as linear_heads
 from relic.evaluators.progress import Progress
-from relic.jobs import eval_examples, eval_pretrained, eval_results
-from relic.metrics import MetricsLogger
+from relic.checkpoints import pretrained as eval_pretrained, results as eval_results
+from relic.checkpoints.probe_head import save_probe_head
+from relic.data import examples as eval_examples
 
-PROBE_HEAD_NPZ = "probe_head.npz"
-PROBE_HEAD_JSON = "probe_head.json"
 # Fields that must match to resume the heads of an interrupted run.
 _RESUME_FIELDS = ("batch_size", "num_epochs", "lr_grid", "momentum", "weight_decay",
                   "holdout_examples", "image_size", "train_augment", "precompute_features")
@@ -52,9 +51,7 @@ def validate(config) -> None:
   lp = config.linear_probe
   eval_pretrained.check_pretrained(config)
 
-  def require(ok: bool, field: str, problem: str, fix: str) -> None:
-    if not ok:
-      raise ConfigError(f"config.linear_probe.{field}: {problem}. Fix: {fix}.")
+  require = lambda ok, field, problem, fix: errors.require(ok, f"linear_probe.{field}", problem, fix)
 
   require(lp.batch_size > 0, "batch_size", f"must be > 0, got {lp.batch_size}", "use e.g. 1024")
   require(lp.num_epochs > 0, "num_epochs", f"must be > 0, got {lp.num_epochs}", "use e.g. 100")
@@ -125,19 +122,6 @@ class _CachedBatches:
                                "valid": np.ones(len(mine), bool)}, self._mesh)
 
 
-def _check_resume(meta: dict[str, Any], config, info: dict[str, Any]) -> None:
-  saved = (meta.get("config") or {}).get("linear_probe", {})
-  now = checkpoint.config_to_json(config)["linear_probe"]
-  different = [f"linear_probe.{f}: saved {saved.get(f)!r}, now {now[f]!r}" for f in _RESUME_FIELDS
-               if f in saved and saved[f] != now[f]]
-  if meta.get("fingerprint") not in (None, info["fingerprint"]):
-    different.append("the encoder at config.pretrained is not the one the heads were trained on")
-  if different:
-    raise ConfigError("the workdir holds heads of a different linear probe; refusing to resume "
-                      "because:\n  " + "\n  ".join(different) + "\nFix: use a new --workdir, or "
-                      "resume with the saved settings (config.json in the workdir).")
-
-
 def _split_counts(config, split: str, logits_fn, params, mesh, process_batch: int,
                   image_size: int, what: str) -> dict[str, np.ndarray]:
   total = pipeline.num_examples(config, split)
@@ -173,20 +157,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   rates = peak_rates(config)
   optimizer = linear_heads.heads_optimizer(lp.momentum, lp.weight_decay)
   state = linear_heads.init_heads(len(rates), encoder.num_features, num_classes, optimizer)
-  state = parallel.replicate(state, mesh)
   frozen = parallel.replicate(variables, mesh)
   logging.info("Linear probe: %d heads (peak rates %s) on %s (%d examples), %d steps of batch "
                "%d, %d classes, hold-out %s.", len(rates), rates, fit_split, num_fit, total,
                lp.batch_size, num_classes, holdout_split)
-
-  ckpt = checkpoint.Checkpointer(workdir, keep=2)
-  start = 0
-  if ckpt.latest_step() is not None:
-    tree, meta = ckpt.restore({"heads": state.to_dict()})
-    _check_resume(meta, config, info)
-    state = state.replace_from_dict(tree["heads"])
-    start = int(state.step)
-    logging.info("Resumed the linear probe at step %d/%d.", start, total)
 
   cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
   if lp.precompute_features:
@@ -199,48 +173,38 @@ def run(config, workdir: str) -> dict[str, Any]:
         logging.info("Cached %d features of %s.", len(cached[name][0]), split)
     features_fn = lambda frozen, batch: batch["features"]
     draw = _CachedBatches(*cached["fit"], lp.batch_size, config.seed, mesh)
-    next_batch = draw
+    batches = lambda start: (draw(step) for step in itertools.count(start))
   else:
     features_fn = lambda frozen, batch: encoder.apply(frozen, batch["image"], train=False)
-    # A resumed run continues with a new data order (seed + step): the heads do not depend on
-    # which permutation the remaining epochs use.
-    stream = pipeline.device_prefetch(
+    batches = lambda start: pipeline.device_prefetch(
         pipeline.eval_batches(config, split=fit_split, batch_size=process_batch,
                               image_size=lp.image_size, train_augment=lp.train_augment,
-                              seed=config.seed + start, repeat=True),
+                              seed=config.seed, repeat=True, start_step=start),
         mesh, config.data.prefetch_to_device)
-    next_batch = lambda step: next(stream)
 
   replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  step_fn = jax.jit(
+  heads_step = jax.jit(divergence.guarded(
       linear_heads.make_train_step(num_classes=num_classes, learning_rates=rates,
                                    total_steps=total, optimizer=optimizer,
-                                   features_fn=features_fn),
+                                   features_fn=features_fn), config.train.nan_policy),
       in_shardings=(replicated, replicated, sharded), out_shardings=(replicated, replicated),
       donate_argnums=0)
-
-  def save(step: int) -> None:
-    ckpt.save(step, {"heads": state.to_dict()}, extra_json={
-        "config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"]})
-
-  logger = MetricsLogger(workdir, total_steps=total, global_batch_size=lp.batch_size)
   labels = [f"lr{base:g}" for base in lp.lr_grid]
-  for step in range(start, total):
-    if step == start + 1:
-      logger.start(step)
-    state, metrics = step_fn(state, frozen, next_batch(step))
-    done = step + 1
-    if done % max(lp.log_every_steps, 1) == 0 or done == total:
-      metrics = jax.device_get(metrics)
-      if not np.all(np.isfinite(metrics["loss"])):
-        logging.warning("Non-finite loss for rates %s at step %d.",
-                        [r for r, ok in zip(labels, np.isfinite(metrics["loss"])) if not ok], done)
-      logger.write(done, {f"{k}_{name}": metrics[k][i] for k in ("loss", "accuracy")
-                          for i, name in enumerate(labels)})
-    if done % max(lp.checkpoint_every_steps, 1) == 0 or done == total:
-      save(done)
-  ckpt.close()
-  logger.flush()
+  outcome = loop.train(loop.Run(
+      name="The linear probe", workdir=workdir, state=parallel.replicate(state, mesh),
+      step_fn=lambda state, batch: heads_step(state, frozen, batch), batches=batches,
+      total_steps=total, global_batch=lp.batch_size,
+      meta={"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"]},
+      check_resume=lambda meta: resume_check.check_run_resume(
+          meta, config, info, None, "linear_probe", _RESUME_FIELDS),
+      log_every_steps=lp.log_every_steps, checkpoint_every_steps=lp.checkpoint_every_steps,
+      nan_policy=config.train.nan_policy, max_skipped_steps=config.train.max_skipped_steps,
+      log_metrics=lambda m: {f"{k}_{name}": m[k][i]
+                             for k in ("loss", "accuracy", "learning_rate")
+                             for i, name in enumerate(labels)}))
+  if outcome.stopped:
+    return {}
+  state = outcome.state
   # The encoder is an input of the step, never an output; check it anyway before reporting.
   on_host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), frozen)
   if eval_pretrained.fingerprint(on_host) != info["fingerprint"]:
@@ -248,9 +212,6 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   results = _evaluate(config, encoder, state, frozen, mesh, process_batch, num_classes,
                       holdout_split, cached, info, rates)
-  logger.write(total, {"test_top1": results["test"]["top1"], "test_top5": results["test"]["top5"]},
-               prefix="eval")
-  logger.close()
   _save_head(workdir, config, state, results, info, num_classes)
   eval_results.write_results(workdir, results, results_markdown(results))
   return results
@@ -283,8 +244,7 @@ def _evaluate(config, encoder, state, frozen, mesh, process_batch: int, num_clas
     holdout = accuracy.accuracies(counts("holdout", holdout_split, heads))
     for entry, top1, top5 in zip(sweep, holdout["top1"], holdout["top5"]):
       entry.update(holdout_top1=top1, holdout_top5=top5)
-    # Ties go to the smaller rate (the list order of lr_grid is not assumed sorted).
-    selected = min(range(len(rates)), key=lambda i: (-holdout["top1"][i], rates[i]))
+    selected = sweep_lib.select(holdout["top1"], rates)
   best = jax.tree.map(lambda x: x[selected:selected + 1], heads)
   test = accuracy.accuracies(counts("test", config.data.eval_split, best))
   test = {"top1": test["top1"][0], "top5": test["top5"][0], "num_examples": test["num_examples"]}
@@ -304,40 +264,14 @@ def _evaluate(config, encoder, state, frozen, mesh, process_batch: int, num_clas
 
 
 def _save_head(workdir: str, config, state, results: dict, info: dict, num_classes: int) -> None:
-  """``probe_head.npz`` (LinearHead kernel/bias of the selected rate) + ``probe_head.json``."""
-  if jax.process_index() != 0:
-    return
-  index = results["selected"]["index"]
-  head = jax.device_get(linear_heads.select_head(state.params, index))["linear"]
-  buffer = io.BytesIO()
-  np.savez(buffer, kernel=np.asarray(head["kernel"]), bias=np.asarray(head["bias"]))
-  path = epath.Path(workdir)
-  (path / PROBE_HEAD_NPZ).write_bytes(buffer.getvalue())
-  (path / PROBE_HEAD_JSON).write_text(json.dumps({
-      "num_classes": num_classes, "num_features": int(head["kernel"].shape[0]),
+  """The head of the selected rate and its record (:mod:`relic.checkpoints.probe_head`)."""
+  head = linear_heads.select_head(state.params, results["selected"]["index"])
+  save_probe_head(workdir, head, {
+      "num_classes": num_classes, "num_features": int(head["linear"]["kernel"].shape[0]),
       "image_size": config.linear_probe.image_size, "selected": results["selected"],
       "test": results["test"], "encoder": info,
       "data": {"source": config.data.source, "dataset": eval_examples.dataset_name(config)},
-  }, indent=2))
-
-
-def load_head(probe_workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """``(LinearHead params, record)`` saved by a finished linear probe in ``probe_workdir``.
-
-  Raises:
-    FileNotFoundError: the workdir has no saved head (the probe has not finished).
-  """
-  path = epath.Path(probe_workdir)
-  if not (path / PROBE_HEAD_NPZ).exists() or not (path / PROBE_HEAD_JSON).exists():
-    raise FileNotFoundError(
-        f"No linear probe head in {probe_workdir} (expected {PROBE_HEAD_NPZ} and "
-        f"{PROBE_HEAD_JSON}, written when a linear_probe job finishes). Fix: run "
-        "`python -m relic.main --config=configs/linear_probe.py --config.pretrained=ENCODER "
-        f"--workdir={probe_workdir}` to the end, or pass the workdir of a finished probe.")
-  with (path / PROBE_HEAD_NPZ).open("rb") as f:
-    data = np.load(io.BytesIO(f.read()))
-    head = {"linear": {"kernel": data["kernel"], "bias": data["bias"]}}
-  return head, json.loads((path / PROBE_HEAD_JSON).read_text())
+  })
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -349,10 +283,8 @@ def results_markdown(results: dict[str, Any]) -> str:
            f"images): **top-1 {results['test']['top1']:.2f}%**, top-5 "
            f"{results['test']['top5']:.2f}% at base lr {results['selected']['base_lr']:g} "
            f"(peak {results['selected']['peak_lr']:g}).", ""]
-  rows = [[f"{e['base_lr']:g}" + (" (selected)" if i == results["selected"]["index"] else ""),
-           f"{e['peak_lr']:g}", e.get("holdout_top1", math.nan)]
-          for i, e in enumerate(results["sweep"])]
   lines.append(f"Rate selection on {data['holdout_split'] or '(no hold-out)'}:")
   lines.append("")
-  lines.append(eval_results.table(["base lr", "peak lr", "hold-out top-1 (%)"], rows))
+  lines.append(sweep_lib.table(results["sweep"], results["selected"]["base_lr"], "base lr",
+                               [("peak lr", "peak_lr"), ("hold-out top-1 (%)", "holdout_top1")]))
   return "\n".join(lines)

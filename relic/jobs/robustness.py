@@ -5,7 +5,7 @@ the encoder it was fit on, no fine-tuning, scored on ImageNet-V2 (three variants
 (predictions restricted to its 200 classes), ImageNet-Sketch, ImageNet-C (15 corruptions x
 5 severities; per corruption and mean) and ObjectNet (its 113 ImageNet classes, each scored by
 the highest logit of its ImageNet classes). The built-in dataset's version is its 'test' and
-'test_ood' splits. The test sets are listed in relic/jobs/eval_robustness_sets.py.
+'test_ood' splits. The test sets are listed in relic/data/robustness_sets.py.
 
 Pointing the job at the probe is enough: ``probe_head.json`` names the encoder and holds a
 fingerprint of its weights, and the job refuses an encoder whose weights differ (a head is
@@ -24,13 +24,12 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from relic import parallel
-from relic.config import ConfigError
-from relic.data import pipeline, splits
+from relic import checkpoints, parallel
+from relic.errors import ConfigError, check_each
+from relic.data import examples, pipeline, splits
 from relic.evaluators import accuracy, class_subsets
 from relic.evaluators.progress import Progress
-from relic.jobs import eval_examples, eval_pretrained, eval_results, linear_probe
-from relic.jobs.eval_robustness_sets import TestSet, resolve, set_config
+from relic.data.robustness_sets import TestSet, resolve, set_config
 from relic.metrics import MetricsLogger
 from relic.models import LinearHead
 
@@ -39,7 +38,7 @@ PARTIAL = "results.partial.json"
 
 def _with_pretrained(config, record: dict[str, Any]):
   """``config`` whose ``pretrained`` is the probe's encoder unless one was given."""
-  config = eval_examples.eval_data_config(config)
+  config = examples.eval_data_config(config)
   if not config.pretrained:
     config.pretrained = record["encoder"]["path"]
   return config
@@ -50,7 +49,7 @@ def _load_probe(config) -> tuple[dict[str, Any], dict[str, Any]]:
     raise ConfigError("config.robustness.probe is empty: the robustness job scores the head of a "
                       "finished linear probe. Fix: pass --config.robustness.probe=WORKDIR of a "
                       "linear_probe run (it holds probe_head.npz and probe_head.json).")
-  return linear_probe.load_head(config.robustness.probe)
+  return checkpoints.load_probe_head(config.robustness.probe, linear_probe_only=True)
 
 
 def _split(test_set: TestSet, max_examples: int) -> str:
@@ -67,36 +66,32 @@ def validate(config) -> None:
   """Checks the probe, the encoder and that every test set is readable, before any compute."""
   r = config.robustness
   _, record = _load_probe(config)
-  eval_pretrained.check_pretrained(_with_pretrained(config, record))
+  checkpoints.check_pretrained(_with_pretrained(config, record))
   if r.batch_size <= 0 or r.image_size < 0 or r.max_examples < 0:
     raise ConfigError(f"config.robustness: batch_size must be > 0 and image_size, max_examples "
                       f">= 0, got {r.batch_size}, {r.image_size}, {r.max_examples}. Fix: use "
                       "e.g. batch_size=1024, image_size=0 (the probe's), max_examples=0.")
-  problems = []
-  for test_set in resolve(config):
-    cfg = set_config(eval_examples.eval_data_config(config), test_set)
+
+  def check(test_set: TestSet) -> None:
+    cfg = set_config(examples.eval_data_config(config), test_set)
     cfg.data.train_split = cfg.data.eval_split = _split(test_set, r.max_examples)
-    try:
-      pipeline.check_data_config(cfg)
-      _check_label_space(test_set, int(pipeline.num_classes(cfg)), int(record["num_classes"]))
-    except ConfigError as e:
-      problems.append(f"  {test_set.name}: {e}")
-  if problems:
-    raise ConfigError("some robustness test sets cannot be used:\n" + "\n".join(problems) +
-                      "\nFix: prepare them (the messages say how) or leave them out of "
-                      "config.robustness.datasets.")
+    pipeline.check_data_config(cfg)
+    _check_label_space(test_set, int(pipeline.num_classes(cfg)), int(record["num_classes"]))
+
+  check_each({t.name: t for t in resolve(config)}, check, "robustness test sets cannot be used",
+             "robustness.datasets")
 
 
 def run(config, workdir: str) -> dict[str, Any]:
   r = config.robustness
   head, record = _load_probe(config)
   config = _with_pretrained(config, record)
-  encoder, variables, info = eval_pretrained.load_pretrained(config)
+  encoder, variables, info = checkpoints.load_pretrained(config)
   if info["fingerprint"] != record["encoder"]["fingerprint"]:
     raise ConfigError(
         f"the encoder at {config.pretrained} is not the one the probe in {r.probe} was fit on "
         f"(weights fingerprint {info['fingerprint'][:12]} vs {record['encoder']['fingerprint'][:12]}"
-        f" recorded in {linear_probe.PROBE_HEAD_JSON}). Fix: point config.pretrained at that "
+        f" recorded in {checkpoints.PROBE_HEAD_JSON}). Fix: point config.pretrained at that "
         f"encoder ({record['encoder']['path']}), or run a linear probe on this one first.")
   num_classes = int(record["num_classes"])
   image_size = r.image_size or int(record["image_size"])
@@ -148,7 +143,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       "data": record["data"]}, "image_size": image_size,
       "sets": {t.name: done[t.name] for t, _, _, _ in plan},
       "groups": group_means({t.name: done[t.name] for t, _, _, _ in plan})}
-  eval_results.write_results(workdir, results, results_markdown(results))
+  checkpoints.write_results(workdir, results, results_markdown(results))
   return results
 
 
@@ -206,6 +201,6 @@ def results_markdown(results: dict[str, Any]) -> str:
           for name, r in results["sets"].items() if not r.get("group")]
   rows += [[f"{g} (mean of {m['num_sets']})", "", "", "", m["top1"], m["top5"]]
            for g, m in results["groups"].items()]
-  lines.append(eval_results.table(["test set", "split", "classes", "images", "top-1 (%)",
-                                   "top-5 (%)"], rows))
+  lines.append(checkpoints.table(["test set", "split", "classes", "images", "top-1 (%)",
+                                 "top-5 (%)"], rows))
   return "\n".join(lines)

@@ -14,39 +14,34 @@ BatchNorm statistics are over the global batch, as everywhere in relic.
 Rate sweep (``segmentation.lr_grid``; BYOL sweeps 5 log-spaced rates in [1e-3, 1e-1]): every
 rate is a full run on the training split minus its first ``holdout_examples`` images (2119, as
 BYOL's held-out set), scored by mIoU on them; the best rate is then trained on the whole split
-and scored on ``eval_split``. Every run checkpoints in its own directory and resumes there
-(also after SIGTERM: the step is saved and the job exits 0); finished sweep runs are not
-repeated.
+and scored on ``config.data.eval_split``. Every run checkpoints in its own directory and
+resumes there (also after SIGTERM: the step is saved and the job exits 0); finished sweep runs
+are not repeated.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
-from etils import epath
 
-from relic import checkpoint, parallel, preemption, resume_check
-from relic.config import ConfigError
+from relic import errors, parallel, resume_check
+from relic.checkpoints import orbax_checkpointer as checkpoint
 from relic.data import pipeline, segmentation as seg_data
 from relic.evaluators import segmentation as seg_eval
 from relic.evaluators.progress import Progress
-from relic.jobs import eval_pretrained, eval_results
-from relic.metrics import MetricsLogger
+from relic.checkpoints import pretrained as eval_pretrained, results as eval_results
 from relic.models.resnet import OUTPUT_STRIDES
 from relic.models.segmentation import SegmentationNet
-from relic.segmentation_step import init_state, make_net, make_optimizer, make_train_step
-from relic.train_state import FinetuneState
+from relic.train import divergence, loop, sweep as sweep_lib
+from relic.train.segmentation_step import init_state, make_net, make_optimizer, make_train_step
+from relic.train.states import FinetuneState
 
-SWEEP_DIR = "sweep"
-RUN_RESULT = "run_result.json"
-_RESUME_FIELDS = ("dataset", "train_split", "crop_size", "min_scale", "max_scale",
-                  "output_stride", "head_channels", "head_dilation", "batch_size", "num_steps",
-                  "lr_decay_at", "momentum", "weight_decay")
+_RESUME_FIELDS = ("crop_size", "min_scale", "max_scale", "output_stride", "head_channels",
+                  "head_dilation", "batch_size", "num_steps", "lr_decay_at", "momentum",
+                  "weight_decay")
 
 
 def validate(config) -> None:
@@ -54,9 +49,7 @@ def validate(config) -> None:
   eval_pretrained.check_pretrained(config)
   s = config.segmentation
 
-  def require(ok: bool, field: str, problem: str, fix: str) -> None:
-    if not ok:
-      raise ConfigError(f"config.segmentation.{field}: {problem}. Fix: {fix}.")
+  require = lambda ok, field, problem, fix: errors.require(ok, f"segmentation.{field}", problem, fix)
 
   require(s.batch_size > 0 and s.batch_size % jax.device_count() == 0, "batch_size",
           f"must be a positive multiple of the {jax.device_count()} devices, got {s.batch_size}",
@@ -82,7 +75,7 @@ def validate(config) -> None:
           "use e.g. 2")
   seg_data.check(config)
   if len(s.lr_grid) > 1:
-    num_train = seg_data.num_examples(config, s.train_split)
+    num_train = seg_data.num_examples(config, config.data.train_split)
     require(0 < s.holdout_examples < num_train, "holdout_examples",
             f"a hold-out of {s.holdout_examples} needs 0 < N < the {num_train} training images",
             "lower it, or give a single rate")
@@ -91,64 +84,33 @@ def validate(config) -> None:
 def train(config, run_dir: str, net: SegmentationNet, variables: dict, info: dict[str, Any],
           split: str, base_lr: float, mesh) -> FinetuneState | None:
   """One run on ``split`` at ``base_lr``; checkpoints and resumes in ``run_dir``. None when
-  stopped by a signal (the step is saved; the same command resumes)."""
+  stopped early (SIGTERM: the step is saved; the same command resumes)."""
   s = config.segmentation
   process_batch = parallel.check_batch_size(s.batch_size, mesh, "segmentation.batch_size")
   optimizer, schedule = make_optimizer(config, base_lr)
-  state = parallel.replicate(init_state(net, variables, optimizer, config), mesh)
-  ckpt = checkpoint.Checkpointer(run_dir, keep=s.keep_checkpoints)
-  start = 0
-  if ckpt.latest_step() is not None:
-    tree, meta = ckpt.restore(state.to_dict())
-    resume_check.check_run_resume(meta, config, info, base_lr, "segmentation",
-                                  _RESUME_FIELDS)
-    state = state.replace_from_dict(tree)
-    start = int(state.step)
-    logging.info("Resumed segmentation training in %s at step %d/%d.", run_dir, start,
-                 s.num_steps)
-  if start >= s.num_steps:
-    ckpt.close()
-    return state
   logging.info("Segmentation training on %s: %d steps of batch %d at rate %g.", split,
                s.num_steps, s.batch_size, base_lr)
   replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  step_fn = jax.jit(make_train_step(net, optimizer, schedule),
+  step_fn = jax.jit(divergence.guarded(make_train_step(net, optimizer, schedule),
+                                       config.train.nan_policy),
                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                     donate_argnums=0)
-  batches = pipeline.device_prefetch(
-      seg_data.train_batches(config, batch_size=process_batch, seed=config.seed,
-                             start_step=start, split=split),
-      mesh, config.data.prefetch_to_device)
-  logger = MetricsLogger(run_dir, total_steps=s.num_steps, global_batch_size=s.batch_size)
-  meta = {"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"],
-          "base_lr": base_lr}
-  guard = preemption.PreemptionGuard().install()
-  try:
-    for step in range(start, s.num_steps):
-      if step == start + 1:
-        logger.start(step)
-      state, metrics = step_fn(state, next(batches))
-      done = step + 1
-      if done % max(s.log_every_steps, 1) == 0 or done == s.num_steps:
-        metrics = jax.device_get(metrics)
-        if not np.isfinite(metrics["loss"]):
-          raise FloatingPointError(f"Segmentation training diverged (loss {metrics['loss']}) at "
-                                   f"step {done} with rate {base_lr}; the last checkpoint is "
-                                   f"kept. Fix: lower segmentation.base_lr.")
-        logger.write(done, metrics)
-      stop = guard.should_stop(done)
-      if done % max(s.checkpoint_every_steps, 1) == 0 or done == s.num_steps or stop:
-        ckpt.save(done, state.to_dict(), extra_json=meta)
-      if stop:
-        logging.warning("Stopping (signal %s): checkpoint of step %d written; rerun the same "
-                        "command to resume.", guard.received_signal, done)
-        return None
-  finally:
-    guard.uninstall()
-    batches.close()
-    ckpt.close()
-    logger.close()
-  return state
+  outcome = loop.train(loop.Run(
+      name=f"Segmentation training at rate {base_lr:g}", workdir=run_dir,
+      state=parallel.replicate(init_state(net, variables, optimizer, config), mesh),
+      step_fn=step_fn, total_steps=s.num_steps, global_batch=s.batch_size,
+      batches=lambda start: pipeline.device_prefetch(
+          seg_data.train_batches(config, batch_size=process_batch, seed=config.seed,
+                                 start_step=start, split=split),
+          mesh, config.data.prefetch_to_device),
+      meta={"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"],
+            "base_lr": base_lr},
+      check_resume=lambda meta: resume_check.check_run_resume(
+          meta, config, info, base_lr, "segmentation", _RESUME_FIELDS),
+      log_every_steps=s.log_every_steps, checkpoint_every_steps=s.checkpoint_every_steps,
+      keep_checkpoints=s.keep_checkpoints, nan_policy=config.train.nan_policy,
+      max_skipped_steps=config.train.max_skipped_steps))
+  return None if outcome.stopped else outcome.state
 
 
 @functools.lru_cache(maxsize=8)
@@ -173,29 +135,18 @@ def evaluate(config, net: SegmentationNet, state: FinetuneState, split: str, mes
 
 
 def _sweep(config, workdir: str, net, variables, info, mesh) -> tuple[float, list[dict]] | None:
-  s = config.segmentation
-  n = s.holdout_examples
-  fit, holdout = f"{s.train_split}[{n}:]", f"{s.train_split}[:{n}]"
-  scores = []
-  for base_lr in s.lr_grid:
-    run_dir = epath.Path(workdir) / SWEEP_DIR / f"lr_{base_lr:g}"
-    done_file = run_dir / RUN_RESULT
-    if done_file.exists():
-      score = json.loads(done_file.read_text())
-    else:
-      state = train(config, str(run_dir), net, variables, info, fit, float(base_lr), mesh)
-      if state is None:
-        return None
-      result = evaluate(config, net, state, holdout, mesh, "hold-out")
-      score = {"base_lr": float(base_lr), "holdout_miou": result["miou"],
-               "holdout_split": holdout, "num_holdout": result["num_images"]}
-      if jax.process_index() == 0:
-        done_file.write_text(json.dumps(score))
-    scores.append(score)
-    logging.info("Sweep: rate %g -> hold-out mIoU %.2f%%.", base_lr, score["holdout_miou"])
-  best = min(scores, key=lambda r: (-np.nan_to_num(r["holdout_miou"], nan=-1.0),
-                                    r["base_lr"]))["base_lr"]
-  return best, scores
+  n = config.segmentation.holdout_examples
+  fit, holdout = f"{config.data.train_split}[{n}:]", f"{config.data.train_split}[:{n}]"
+
+  def train_and_score(run_dir: str, base_lr: float) -> dict[str, Any] | None:
+    state = train(config, run_dir, net, variables, info, fit, base_lr, mesh)
+    if state is None:
+      return None
+    result = evaluate(config, net, state, holdout, mesh, "hold-out")
+    return {"holdout_miou": result["miou"], "holdout_split": holdout,
+            "num_holdout": result["num_images"]}
+
+  return sweep_lib.sweep(workdir, config.segmentation.lr_grid, "holdout_miou", train_and_score)
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -212,15 +163,15 @@ def run(config, workdir: str) -> dict[str, Any]:
     base_lr, sweep = swept
   elif len(s.lr_grid) == 1:
     base_lr = float(s.lr_grid[0])
-  state = train(config, workdir, net, variables, info, s.train_split, base_lr, mesh)
+  state = train(config, workdir, net, variables, info, config.data.train_split, base_lr, mesh)
   if state is None:
     return {}
-  test = evaluate(config, net, state, s.eval_split, mesh, "evaluation")
+  test = evaluate(config, net, state, config.data.eval_split, mesh, "evaluation")
   results = {
       "protocol": "segmentation", "encoder": info,
-      "data": {"dataset": s.dataset, "train_split": s.train_split, "eval_split": s.eval_split,
-               "num_classes": num_classes,
-               "num_train": seg_data.num_examples(config, s.train_split)},
+      "data": {"dataset": config.data.source, "train_split": config.data.train_split,
+               "eval_split": config.data.eval_split, "num_classes": num_classes,
+               "num_train": seg_data.num_examples(config, config.data.train_split)},
       "selected": {"base_lr": base_lr}, "sweep": sweep, "test": test,
       "settings": {k: checkpoint.config_to_json(config)["segmentation"][k]
                    for k in _RESUME_FIELDS + ("eval_size",)},
@@ -242,8 +193,7 @@ def results_markdown(results: dict[str, Any]) -> str:
                [name, float("nan") if iou is None else iou]
                for name, iou in test["per_class_iou"].items()])]
   if results["sweep"]:
-    rows = [[f"{r['base_lr']:g}" + (" (selected)" if r["base_lr"] == results["selected"]["base_lr"]
-                                     else ""), r["holdout_miou"]] for r in results["sweep"]]
     lines += [f"Rate selection on {results['sweep'][0]['holdout_split']}:", "",
-              eval_results.table(["rate", "hold-out mIoU (%)"], rows)]
+              sweep_lib.table(results["sweep"], results["selected"]["base_lr"], "rate",
+                              [("hold-out mIoU (%)", "holdout_miou")])]
   return "\n".join(lines)

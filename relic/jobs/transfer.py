@@ -14,7 +14,7 @@ Protocols (method.md section 5, as in the BYOL / SimCLR transfer tables):
     compared on its official validation split.
 
 One command scores one dataset or a list (``transfer.datasets``, see
-relic/jobs/eval_transfer_datasets.py for the names, the tfds mapping and the substitutes).
+relic/data/transfer_datasets.py for the names, the tfds mapping and the substitutes).
 Each dataset writes ``WORKDIR/<name>/results.json``; a restarted command skips the datasets that
 are finished for the same encoder. The top-level ``results.json`` / ``results.md`` hold the
 summary table across datasets.
@@ -29,14 +29,15 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from relic import parallel
-from relic.config import ConfigError
-from relic.data import pipeline
+from relic import checkpoints, parallel
+from relic.checkpoints.results import METRIC_KEYS
+from relic.errors import ConfigError, check_each
+from relic.data import examples, pipeline
 from relic.evaluators import features as features_lib, linear, multilabel
 from relic.evaluators.progress import Progress
-from relic.jobs import eval_examples, eval_pretrained, eval_results, finetune
-from relic.jobs.eval_examples import split_named_part
-from relic.jobs.eval_transfer_datasets import TransferDataset, dataset_config, expand, resolve
+from relic.data.examples import split_named_part
+from relic.data.transfer_datasets import TransferDataset, dataset_config, expand, resolve
+from relic.train import finetune
 
 PROTOCOLS = ("linear", "finetune")
 
@@ -60,7 +61,7 @@ def protocols(config) -> list[str]:
 
 def validate(config) -> None:
   """Every dataset must be readable before the first one is evaluated."""
-  eval_pretrained.check_pretrained(config)
+  checkpoints.check_pretrained(config)
   t = config.transfer
   if t.batch_size <= 0 or t.image_size <= 0 or not 0 < t.val_fraction < 1 or t.max_iter <= 0:
     raise ConfigError(f"config.transfer: need batch_size > 0, image_size > 0, 0 < val_fraction "
@@ -68,23 +69,15 @@ def validate(config) -> None:
                       f"{t.val_fraction}, {t.max_iter}. Fix: e.g. 256, 224, 0.2, 1000.")
   if "finetune" in protocols(config):
     finetune.check_settings(config)
-  problems = []
-  for dataset in datasets(config):
-    cfg = eval_examples.eval_data_config(dataset_config(config, dataset))
-    try:
-      pipeline.check_data_config(cfg)
-    except ConfigError as e:
-      problems.append(f"  {dataset.name}: {e}")
-      continue
+
+  def check(dataset: TransferDataset) -> None:
+    cfg = examples.eval_data_config(dataset_config(config, dataset))
+    pipeline.check_data_config(cfg)
     if "finetune" in protocols(config):
-      try:
-        finetune.check_data(cfg)
-      except ConfigError as e:
-        problems.append(f"  {dataset.name}: {e}")
-  if problems:
-    raise ConfigError("some transfer datasets cannot be read:\n" + "\n".join(problems) +
-                      "\nFix: prepare them (the messages say how) or leave them out of "
-                      "config.transfer.datasets.")
+      finetune.check_data(cfg)
+
+  check_each({d.name: d for d in datasets(config)}, check, "transfer datasets cannot be read",
+             "transfer.datasets")
 
 
 def _counted(batches: Iterable[dict], progress: Progress) -> Iterator[dict]:
@@ -143,25 +136,25 @@ def linear_transfer(config, encoder, variables, mesh, dataset: TransferDataset) 
 
 def linear_score(entry: dict[str, Any]) -> float:
   """The literature's number (TransferDataset.metric) of a dataset's linear result, in %."""
-  return float(entry["linear"][eval_results.METRIC_KEYS[entry["metric"]]])
+  return float(entry["linear"][METRIC_KEYS[entry["metric"]]])
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-  encoder, variables, info = eval_pretrained.load_pretrained(config)
+  encoder, variables, info = checkpoints.load_pretrained(config)
   mesh = parallel.make_mesh()
   chosen = protocols(config)
   summary: dict[str, Any] = {"protocol": "transfer", "encoder": info, "protocols": chosen,
                              "datasets": {}}
   for dataset in datasets(config):
     directory = epath.Path(workdir) / dataset.name
-    previous = eval_results.read_results(str(directory)) or {}
+    previous = checkpoints.read_results(str(directory)) or {}
     if previous.get("fingerprint") != info["fingerprint"]:
       previous = {}  # another encoder's results: nothing to reuse
     if previous and all(p in previous for p in chosen):
       logging.info("Transfer to %s already done in %s; reusing it.", dataset.name, directory)
       summary["datasets"][dataset.name] = previous
       continue
-    cfg = eval_examples.eval_data_config(dataset_config(config, dataset))
+    cfg = examples.eval_data_config(dataset_config(config, dataset))
     entry: dict[str, Any] = {"dataset": dataset.dataset, "source": dataset.source,
                              "train_split": dataset.train_split, "test_split": dataset.test_split,
                              "metric": dataset.metric, "note": dataset.note,
@@ -182,10 +175,10 @@ def run(config, workdir: str) -> dict[str, Any]:
                    result["score"])
     if jax.process_index() == 0:
       directory.mkdir(parents=True, exist_ok=True)
-    eval_results.write_results(str(directory), entry, results_markdown(
+    checkpoints.write_results(str(directory), entry, results_markdown(
         {"encoder": info, "protocols": chosen, "datasets": {dataset.name: entry}}))
     summary["datasets"][dataset.name] = entry
-  eval_results.write_results(workdir, summary, results_markdown(summary))
+  checkpoints.write_results(workdir, summary, results_markdown(summary))
   return summary
 
 
@@ -212,4 +205,4 @@ def results_markdown(summary: dict[str, Any]) -> str:
       row += [float(score), float(tuned.get("top1", "nan"))]
     rows.append(row + [entry.get("note", "")])
   return (f"# Transfer: {enc['architecture']} from {enc['path']}\n\n" +
-          eval_results.table(header, rows))
+          checkpoints.table(header, rows))

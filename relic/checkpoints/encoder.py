@@ -3,7 +3,7 @@ evaluation jobs, export and interop)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -11,8 +11,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from relic.checkpoint import (CHECKPOINT_DIR, ENCODER, META_ITEM, STATE_ITEM,
-                              CheckpointRestoreError)
+from relic.checkpoints.layout import (CONFIG_JSON, ENCODER, META_ITEM, STATE_ITEM, read_config,
+                                      step_dirs, workdir_of)
+from relic.checkpoints.orbax_checkpointer import CheckpointRestoreError
 
 
 def _tuples(value: Any) -> Any:
@@ -24,39 +25,23 @@ def _tuples(value: Any) -> Any:
   return value
 
 
-def _step_dirs(path: epath.Path) -> list[epath.Path]:
-  """Checkpoint step directories for a workdir, its checkpoints dir, or one step dir; newest
-  first."""
-  if (path / STATE_ITEM).exists():
-    return [path]
-  directory = path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
-  steps = []
-  if directory.is_dir():
-    manager = ocp.CheckpointManager(
-        directory, item_names=(STATE_ITEM, META_ITEM),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-    steps = sorted(manager.all_steps(), reverse=True)
-    manager.close()
-  if not steps:
-    raise FileNotFoundError(
-        f"No relic checkpoint found in {directory} (looked for committed step directories "
-        f"{directory}/STEP/{STATE_ITEM}). Make one with `python -m relic.main "
-        "--config=configs/quickstart.py --workdir=DIR` (any pretraining config) and pass that "
-        "DIR, or a step directory DIR/checkpoints/STEP.")
-  return [directory / str(step) for step in steps]
-
-
-def _restore_encoder_from(step_dir: epath.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_state_part(step_dir: epath.Path, select: Callable[[Mapping[str, Any]], Any]) -> Any:
+  """The part of a step's train state that ``select`` picks out of the stored tree's metadata
+  (e.g. ``lambda tree: {'probe_params': tree['probe_params']}``), as host numpy arrays; the
+  rest of the state is not read."""
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    tree = handler.metadata(step_dir / STATE_ITEM).tree
-    item = {group: {ENCODER: tree[group][ENCODER]}
-            for group in ("online_params", "online_batch_stats")}
+    item = select(handler.metadata(step_dir / STATE_ITEM).tree)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = handler.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
+    return handler.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
   finally:
     handler.close()
+
+
+def _restore_encoder_from(step_dir: epath.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+  restored = read_state_part(step_dir, lambda tree: {
+      g: {ENCODER: tree[g][ENCODER]} for g in ("online_params", "online_batch_stats")})
   meta_handler = ocp.JsonCheckpointHandler()
   try:
     meta = meta_handler.restore(step_dir / META_ITEM) or {}
@@ -81,12 +66,8 @@ def restore_encoder(path: str | epath.PathLike) -> tuple[dict[str, Any], dict[st
   Raises:
     FileNotFoundError: no checkpoint under ``path`` (the message says how to make one).
   """
-  from relic import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-
-  path = epath.Path(path)
-  step_dirs = _step_dirs(path)
   errors = []
-  for step_dir in step_dirs:
+  for step_dir in step_dirs(path):
     try:
       meta, variables = _restore_encoder_from(step_dir)
     except Exception as e:  # pylint: disable=broad-except
@@ -96,10 +77,10 @@ def restore_encoder(path: str | epath.PathLike) -> tuple[dict[str, Any], dict[st
       continue
     model_config = (meta.get("config") or {}).get("model")
     if model_config is None:
-      saved = workdir_lib.read_config(str(step_dir.parent.parent))
+      saved = read_config(workdir_of(step_dir))
       if saved is None:
         raise FileNotFoundError(f"Checkpoint {step_dir} stores no config and no "
-                                f"{workdir_lib.CONFIG_JSON} was found next to it.")
+                                f"{CONFIG_JSON} was found next to it.")
       model_config = saved.model.to_dict()
     return _tuples(dict(model_config)), variables
   raise CheckpointRestoreError(

@@ -15,7 +15,7 @@ import optax
 
 from relic import objectives, optim
 from relic.models import LinearHead, RelicNetwork
-from relic.train_state import TrainState
+from relic.train.states import TrainState
 
 
 def _merge_views(views: jax.Array) -> jax.Array:
@@ -67,7 +67,6 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
   loss_cfg = config.loss
   num_negatives = int(loss_cfg.num_negatives) or None
   augment = bool(config.data.augment_on_device)
-  skip_nonfinite = config.train.nan_policy == "skip"
   supervised = loss_cfg.objective == "supervised"
   probe = LinearHead(num_classes) if num_classes else None
   if augment:
@@ -146,18 +145,12 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
       probe_params = optax.apply_updates(probe_params, probe_updates)
       metrics.update(probe_loss=probe_loss, probe_top1=top1)
 
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    metrics.update(grad_norm=grad_norm, learning_rate=lr, ema_rate=rate, finite=finite)
-    new_state = state.replace(
+    # 'loss' and 'grad_norm' are what relic.train.loop.guarded checks for divergence.
+    metrics.update(grad_norm=optax.tree.norm(grads), learning_rate=lr, ema_rate=rate)
+    return state.replace(
         step=state.step + 1, online_params=online_params, online_batch_stats=online_stats,
         target_params=target_params, target_batch_stats=target_stats,
-        opt_state=opt_state, probe_params=probe_params, probe_opt_state=probe_opt_state)
-    if skip_nonfinite:
-      # Drop the whole update of a non-finite step (the data still advances).
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                               state.replace(step=state.step + 1))
-    return new_state, metrics
+        opt_state=opt_state, probe_params=probe_params, probe_opt_state=probe_opt_state), metrics
 
   return step
 

@@ -14,7 +14,7 @@ import optax
 from relic import optim, schedules
 from relic.evaluators import linear
 from relic.models import LinearHead
-from relic.train_state import FinetuneState
+from relic.train.states import FinetuneState
 
 
 def make_optimizer(config, total_steps: int, base_lr: float, num_train: int):
@@ -23,14 +23,7 @@ def make_optimizer(config, total_steps: int, base_lr: float, num_train: int):
   peak = base_lr * ft.batch_size / 256.0
   warmup = (schedules.epochs_to_steps(ft.warmup_epochs, num_train, ft.batch_size)
             if ft.warmup_epochs > 0 else 0)
-  warmup = min(warmup, total_steps)
-  decay_steps = max(total_steps - warmup, 1)
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    progress = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
-    cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return jnp.where(step < warmup, peak * step / max(warmup, 1), cosine)
+  schedule = schedules.warmup_cosine(peak, total_steps, min(warmup, total_steps))
 
   head_only = lambda params: {"encoder": jax.tree.map(lambda _: False, params["encoder"]),
                               "head": jax.tree.map(lambda _: True, params["head"])}
@@ -67,7 +60,8 @@ def make_train_step(encoder, num_classes: int, optimizer, schedule, multilabel: 
     (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state.step)}
     if not multilabel:
       correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
       metrics["accuracy"] = 100.0 * (correct * valid).sum() / jnp.maximum(valid.sum(), 1.0)

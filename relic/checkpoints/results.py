@@ -8,8 +8,7 @@ from typing import Any
 import jax
 from etils import epath
 
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
+from relic.checkpoints.layout import RESULTS_JSON, RESULTS_MD
 
 # The number the literature reports for a dataset (TransferDataset.metric), and where it sits in
 # an evaluation's result: top-1, mean per-class accuracy, or VOC2007's 11-point mAP.

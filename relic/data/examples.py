@@ -159,15 +159,12 @@ class Examples:
 
   def batches(self, *, batch_size: int, image_size: int, train_augment: bool, seed: int,
               repeat: bool, start_step: int = 0) -> Iterator[dict]:
-    """Per-process batches as :func:`relic.data.pipeline.eval_batches` yields them.
-
-    ``start_step`` skips that many batches exactly for a subset; for a whole split (read by the
-    pipeline, which has no skip for evaluation streams) it reseeds the order instead.
-    """
+    """Per-process batches as :func:`relic.data.pipeline.eval_batches` yields them, from the
+    ``start_step``-th batch on (exactly those of an uninterrupted stream)."""
     if self.indices is None:
       return pipeline.eval_batches(self.config, split=self.split, batch_size=batch_size,
                                    image_size=image_size, train_augment=train_augment,
-                                   seed=seed + start_step, repeat=repeat)
+                                   seed=seed, repeat=repeat, start_step=start_step)
     return _subset_batches(self.config, self.split, self.indices, batch_size=batch_size,
                            image_size=image_size, train_augment=train_augment, seed=seed,
                            repeat=repeat, start_step=start_step)

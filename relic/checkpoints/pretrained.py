@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from relic import workdir as workdir_lib
+from relic.checkpoints.layout import read_config, step_dirs, workdir_of
 from relic.config import ConfigError, base_config
 from relic.models.resnet import STAGE_SIZES, ResNet
 
@@ -71,22 +71,6 @@ def check_architecture(config, found: Mapping[str, Any], path: str) -> None:
         "architecture.")
 
 
-def _step_dirs(path: epath.Path) -> list[epath.Path]:
-  """Committed step directories under a workdir, its checkpoints dir, or a step dir."""
-  if (path / "state").is_dir():
-    return [path]
-  directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-  return [p for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
-
-
-def _recorded_model_config(path: epath.Path) -> dict[str, Any] | None:
-  for candidate in (path, path.parent, path.parent.parent):
-    saved = workdir_lib.read_config(str(candidate))
-    if saved is not None and "model" in saved:
-      return saved.model.to_dict()
-  return None
-
-
 def check_pretrained(config) -> None:
   """Validate-time checks of ``config.pretrained`` (no arrays are read)."""
   if not config.pretrained:
@@ -97,22 +81,19 @@ def check_pretrained(config) -> None:
     raise FileNotFoundError(f"config.pretrained={config.pretrained} does not exist. Fix: {_HOW_TO}.")
   if path.is_file():
     return  # a DeepMind pickle: its architecture is read from its shapes when it is loaded.
-  if not _step_dirs(path):
-    found = sorted(p.name for p in path.iterdir())[:12]
-    raise FileNotFoundError(
-        f"config.pretrained={config.pretrained} holds no checkpoint: expected committed steps "
-        f"in {path / 'checkpoints'}/STEP (found {found or 'an empty directory'}). Fix: point it "
-        "at a workdir whose pretraining wrote a checkpoint (train at least "
-        "train.checkpoint_every_steps steps, or until the end), or " + _HOW_TO + ".")
-  saved = workdir_lib.read_config(str(path))
+  try:
+    workdir = workdir_of(step_dirs(path)[0])
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.pretrained={e} Or pass a DeepMind BYOL/ReLICv2 .pkl "
+                            "file.") from None
+  saved = read_config(workdir)
   if saved is not None and saved.get("job", "pretrain") != "pretrain":
     raise ConfigError(
         f"config.pretrained={config.pretrained} is the workdir of a {saved.job!r} job, not of a "
         f"pretraining run. Fix: pass the pretraining workdir it evaluated"
         f"{' (' + saved.pretrained + ')' if saved.get('pretrained') else ''}.")
-  recorded = _recorded_model_config(path)
-  if recorded is not None:
-    check_architecture(config, recorded, config.pretrained)
+  if saved is not None and "model" in saved:
+    check_architecture(config, saved.model.to_dict(), config.pretrained)
 
 
 def fingerprint(variables: Mapping[str, Any]) -> str:
@@ -128,15 +109,8 @@ def fingerprint(variables: Mapping[str, Any]) -> str:
 
 
 def _load(path: str) -> tuple[ResNet, dict[str, Any]]:
-  try:
-    from relic.interop import load_encoder  # pylint: disable=import-outside-toplevel
-  except ImportError as e:  # interop is optional for relic workdirs
-    logging.warning("relic.interop is not importable (%s); loading %s as a relic checkpoint.",
-                    e, path)
-    from relic import encoder_checkpoint  # pylint: disable=import-outside-toplevel
-    from relic.models import encoder_from_config  # pylint: disable=import-outside-toplevel
-    model_config, variables = encoder_checkpoint.restore_encoder(path)
-    return encoder_from_config(model_config), variables
+  """A relic run (through :func:`relic.checkpoints.restore_encoder`) or a DeepMind pickle."""
+  from relic.interop.load import load_encoder  # pylint: disable=import-outside-toplevel
   try:
     return load_encoder(path)
   except ValueError as e:  # shapes that do not fit the recorded architecture

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from relic import schedules
 from relic.models import LinearHead
 
 
@@ -31,19 +32,9 @@ class HeadsState:
   params: Any
   opt_state: Any
 
-  def to_dict(self) -> dict[str, Any]:
-    """The checkpointed tree. The stacked (K, D, C) kernels are stored under 'stacked', not as
-    a LinearHead's {'linear': {'kernel', 'bias'}}, so tools that look for a single head in a
-    checkpoint (relic.interop's export) do not take K heads for one; the selected head is
-    saved separately by the linear probe (probe_head.npz)."""
-    tree = flax.serialization.to_state_dict(self)
-    tree["stacked"] = tree.pop("params")["linear"]
-    return tree
-
-  def replace_from_dict(self, tree: dict[str, Any]) -> "HeadsState":
-    tree = dict(tree)
-    tree["params"] = {"linear": tree.pop("stacked")}
-    return flax.serialization.from_state_dict(self, tree)
+  # The checkpointed tree, as is (the selected head is saved apart: relic.checkpoints.probe_head).
+  to_dict = flax.serialization.to_state_dict
+  replace_from_dict = flax.serialization.from_state_dict
 
 
 def heads_optimizer(momentum: float, weight_decay: float = 0.0,
@@ -69,12 +60,6 @@ def heads_logits(params: Any, features: jax.Array, num_classes: int) -> jax.Arra
   """(K, B, C) logits of the K stacked heads on (B, D) features."""
   head = LinearHead(num_classes)
   return jax.vmap(lambda p: head.apply({"params": p}, features))(params)
-
-
-def cosine_factor(step: jax.Array, total_steps: int) -> jax.Array:
-  """1 at step 0, 0 at ``total_steps`` (and after), half-cosine in between."""
-  progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
-  return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
 
 def make_train_step(*, num_classes: int, learning_rates: Sequence[float], total_steps: int,
@@ -105,12 +90,12 @@ def make_train_step(*, num_classes: int, learning_rates: Sequence[float], total_
 
     grads, (per_head, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    scale = -rates * cosine_factor(state.step, total_steps)                    # (K,)
+    scale = -rates * schedules.warmup_cosine(1.0, total_steps)(state.step)                    # (K,)
     updates = jax.tree.map(lambda u: u * scale.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
     params = optax.apply_updates(state.params, updates)
     correct = (jnp.argmax(logits, -1) == labels[None]).astype(jnp.float32)
     metrics = {"loss": per_head, "accuracy": 100.0 * (correct * valid).sum(-1) / num_valid,
-               "learning_rate": -scale}
+               "learning_rate": -scale, "grad_norm": optax.tree.norm(grads)}
     return HeadsState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step

@@ -1,7 +1,7 @@
 """Checkpoints of a run in ``WORKDIR/checkpoints/STEP``: save and restore, safely.
 
 Which config changes a resume accepts: :mod:`relic.resume_check`; reading only the encoder
-out of a checkpoint: :mod:`relic.encoder_checkpoint`.
+out of a checkpoint: :mod:`relic.checkpoints.encoder`; the names: :mod:`relic.checkpoints.layout`.
 
 Each step directory is an Orbax composite of two items:
   * ``state``: the train state pytree (``StandardSave``), sharded arrays written by every
@@ -44,11 +44,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-CHECKPOINT_DIR = "checkpoints"
-CORRUPT_DIR = "checkpoints_corrupt"
-STATE_ITEM = "state"
-META_ITEM = "meta"
-ENCODER = "encoder"
+from relic.checkpoints.layout import CORRUPT_DIR, META_ITEM, STATE_ITEM, checkpoint_dir
+
 
 class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written; the previous checkpoints are untouched."""
@@ -56,10 +53,6 @@ class CheckpointSaveError(RuntimeError):
 
 class CheckpointRestoreError(RuntimeError):
   """No checkpoint of the requested step(s) could be read back."""
-
-
-def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
-  return epath.Path(workdir) / CHECKPOINT_DIR
 
 
 def config_to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import optax
 
 from relic import optim
 from relic.models.segmentation import FCNHead, SegmentationNet
-from relic.train_state import FinetuneState
+from relic.train.states import FinetuneState
 
 
 def make_net(encoder, config, num_classes: int) -> SegmentationNet:
@@ -62,7 +62,8 @@ def make_train_step(net: nn.Module, optimizer, schedule):
     params = optax.apply_updates(state.params, updates)
     return (FinetuneState(step=state.step + 1, params=params, batch_stats=stats,
                           opt_state=opt_state),
-            {"loss": loss, "learning_rate": schedule(state.step)})
+            {"loss": loss, "grad_norm": optax.tree.norm(grads),
+             "learning_rate": schedule(state.step)})
 
   return step
 

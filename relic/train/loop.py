@@ -1,0 +1,164 @@
+"""The one resumable training loop of every job (pretraining, linear probe, fine-tuning,
+segmentation), as DeepMind BYOL's ``main_loop`` drives every experiment through its step.
+
+A job describes its run (:class:`Run`: the initial state, the jitted step, the batches from a
+given step on, the length, the cadence, what makes a checkpoint its own) and :func:`train`
+owns everything around the step, once, for all of them:
+  * restore of the newest readable checkpoint and the job's resume check, before any step;
+  * the cadence: log, evaluate, checkpoint, ``stop_at_step``, all pure functions of the step;
+  * the divergence policy (``stop`` / ``skip`` up to a limit), tracked on the device so the
+    loop synchronises with it only when it logs or saves; a diverged state is never saved;
+  * SIGTERM through the preemption guard: checkpoint the current step, return normally;
+  * the metrics logger, the checkpointer and the batch stream (with its prefetch thread),
+    all closed in one ``finally``, whatever ends the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+from relic import preemption
+from relic.train.divergence import Divergence
+from relic.checkpoints import Checkpointer
+from relic.metrics import MetricsLogger
+
+@dataclasses.dataclass
+class Periodic:
+  """An evaluation the loop runs every ``every_steps`` steps and after the last step.
+
+  ``run(state, step)`` returns scalars, logged under ``prefix``.
+  """
+  every_steps: int
+  run: Callable[[Any, int], Mapping[str, float]]
+  prefix: str = "monitor"
+
+
+@dataclasses.dataclass
+class Run:
+  """What a job hands the loop.
+
+  Attributes:
+    name: what is trained, for messages ('Pretraining', 'Fine-tuning at base lr 0.05').
+    workdir: the run directory: ``checkpoints/``, ``metrics.jsonl`` and TensorBoard events.
+    state: the initial state, laid out on the devices; a flax struct with ``step``,
+      ``to_dict()`` and ``replace_from_dict()``.
+    step_fn: the jitted ``(state, batch) -> (state, metrics)``, wrapped by
+      :func:`relic.train.divergence.guarded` (its metrics carry 'finite').
+    batches: ``start_step -> iterator`` of device batches from that step on; ``close()`` is
+      called on it, when it has one, as the loop ends.
+    total_steps: the length of training.
+    global_batch: examples per step, for images/s.
+    meta: JSON saved next to every checkpoint (the config, the encoder's fingerprint, ...).
+    check_resume: ``meta -> None``, raises ConfigError when the checkpoint found belongs to
+      another run.
+    log_every_steps, checkpoint_every_steps: the cadence (the last step always logs and saves).
+    stop_at_step: > 0: checkpoint and stop there (time-sliced schedulers).
+    keep_checkpoints, keep_every_steps: retention.
+    nan_policy, max_skipped_steps: the divergence policy.
+    periodic: evaluations during training.
+    log_metrics: ``host metrics -> scalars`` to log (default: every metric but 'finite').
+  """
+  name: str
+  workdir: str
+  state: Any
+  step_fn: Callable[[Any, Any], tuple[Any, dict]]
+  batches: Callable[[int], Iterator]
+  total_steps: int
+  global_batch: int
+  meta: dict[str, Any]
+  check_resume: Callable[[dict[str, Any]], None]
+  log_every_steps: int = 100
+  checkpoint_every_steps: int = 1000
+  stop_at_step: int = 0
+  keep_checkpoints: int = 2
+  keep_every_steps: int = 0
+  nan_policy: str = "stop"
+  max_skipped_steps: int = 0
+  periodic: tuple[Periodic, ...] = ()
+  log_metrics: Callable[[dict], Mapping[str, Any]] | None = None
+
+
+@dataclasses.dataclass
+class Outcome:
+  """How :func:`train` ended: the state, the last step's metrics (host floats), and whether it
+  stopped early (SIGTERM or ``stop_at_step``: the checkpoint is written, the run unfinished)."""
+  state: Any
+  metrics: dict[str, float]
+  stopped: bool
+
+
+def _default_log_metrics(metrics: dict) -> dict:
+  return {k: v for k, v in metrics.items() if k != "finite"}
+
+
+def _next_batch(batches: Iterator, step: int):
+  """The batch of ``step`` (a seam for tests that corrupt one batch)."""
+  del step
+  return next(batches)
+
+
+def train(run: Run) -> Outcome:
+  """Runs ``run`` from its newest checkpoint (or step 0) to the end, or to a stop request.
+
+  Raises:
+    DivergenceError: non-finite steps beyond the policy (the last good checkpoint is kept).
+    ConfigError: the workdir's checkpoint belongs to another run (from ``check_resume``).
+    CheckpointSaveError: a save failed (earlier checkpoints are untouched).
+  """
+  with contextlib.ExitStack() as cleanup:
+    ckpt = cleanup.enter_context(Checkpointer(run.workdir, keep=run.keep_checkpoints,
+                                              keep_every_steps=run.keep_every_steps))
+    state, start = run.state, 0
+    if ckpt.latest_step() is not None:
+      tree, meta = ckpt.restore(state.to_dict())
+      run.check_resume(meta)
+      state = state.replace_from_dict(tree)
+      start = int(state.step)
+      logging.info("%s: resumed from checkpoint step %d/%d in %s.", run.name, start,
+                   run.total_steps, ckpt.directory)
+    if start >= run.total_steps:
+      return Outcome(state, {}, stopped=False)
+    guard = preemption.PreemptionGuard().install()
+    cleanup.callback(guard.uninstall)
+    logger = MetricsLogger(run.workdir, total_steps=run.total_steps,
+                           global_batch_size=run.global_batch)
+    cleanup.callback(logger.close)
+    batches = run.batches(start)
+    if hasattr(batches, "close"):
+      cleanup.callback(batches.close)  # stops the prefetch thread on every way out
+    divergence = Divergence(run.name, run.nan_policy, run.max_skipped_steps)
+    log_metrics = run.log_metrics or _default_log_metrics
+    last_good = ckpt.latest_step()
+    metrics: dict = {}
+    for step in range(start, run.total_steps):
+      if step == start + 1:
+        logger.start(step)  # time from the first compiled step on
+      state, metrics = run.step_fn(state, _next_batch(batches, step))
+      divergence.update(step, metrics["finite"])
+      done = step + 1
+      is_last = done == run.total_steps
+      if done % max(run.log_every_steps, 1) == 0 or is_last:
+        divergence.check(last_good)
+        logger.write(done, log_metrics(jax.device_get(metrics)))
+      for periodic in run.periodic:
+        if periodic.every_steps and (done % periodic.every_steps == 0 or is_last):
+          logger.write(done, periodic.run(state, done), prefix=periodic.prefix)
+      stop = guard.should_stop(done) or done == run.stop_at_step
+      if done % max(run.checkpoint_every_steps, 1) == 0 or is_last or stop:
+        divergence.check(last_good)  # never checkpoint a diverged state
+        ckpt.save(done, state.to_dict(), extra_json=run.meta)
+        last_good = done
+      if stop:
+        reason = (f"signal {guard.received_signal}" if guard.received_signal
+                  else f"stop_at_step={run.stop_at_step}")
+        logging.warning("%s: stopping (%s); checkpoint of step %d written. Rerun the same "
+                        "command to resume.", run.name, reason, done)
+        return Outcome(state, {}, stopped=True)
+    return Outcome(state, {k: float(np.asarray(v).mean())
+                           for k, v in jax.device_get(metrics).items()}, stopped=False)
