@@ -38,7 +38,7 @@ import numpy as np
 from experiments.bench_step import cost_value, peak_flops_per_device, peak_memory_bytes, timed
 from relic import config as config_lib, parallel
 from relic.train import segmentation_step as seg_step
-from relic.models import encoder_from_config
+from relic.models import encoder_from_config, segmentation_net
 
 TINY = dict(depth=18, stage_sizes=(1, 1, 1, 1), base_width=8, small_images=True)
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   # Random encoder weights stand in for a pretrained checkpoint (same shapes, same work).
   variables = jax.jit(lambda key: encoder.init(key, jnp.zeros((1, 32, 32, 3)), train=False))(
       jax.random.key(0))
-  net = seg_step.make_net(encoder, config, args.num_classes)
+  net = segmentation_net(encoder, config.segmentation, args.num_classes)
   optimizer, schedule = seg_step.make_optimizer(config, 0.01)
   state = parallel.replicate(seg_step.init_state(net, variables, optimizer, config), mesh)
   batch = fake_batch(s.batch_size, s.crop_size, args.num_classes, mesh)

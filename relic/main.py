@@ -53,7 +53,7 @@ def _quiet_checkpoint_library_logs() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from relic.config import ConfigError  # pylint: disable=import-outside-toplevel
+  from relic.errors import ConfigError  # pylint: disable=import-outside-toplevel
   _quiet_checkpoint_library_logs()
   distributed.hide_accelerators_from_tensorflow()
   distributed.maybe_initialize()

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from relic.config import ConfigError
+from relic.errors import ConfigError
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 

@@ -11,7 +11,7 @@ from absl import logging
 from flax import traverse_util
 
 from relic.checkpoints import config_to_json
-from relic.config import ConfigError
+from relic.errors import ConfigError
 
 # Fields that define the experiment. Resuming with a different value would continue a run that
 # is no longer the one the checkpoint belongs to (different model, objective, data, optimiser

@@ -17,7 +17,8 @@ from etils import epath
 
 from relic import checkpoints as ckpt
 from relic import resume_check
-from relic.config import ConfigError, base_config
+from relic.config import base_config
+from relic.errors import ConfigError
 from relic.models import MLP, ResNet
 from relic.parallel import data_sharding, make_mesh, replicated
 from relic.preemption import PreemptionGuard

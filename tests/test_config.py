@@ -7,6 +7,7 @@ import sys
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the loader used by relic.main)
 
+from relic import errors
 from relic import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,7 +64,6 @@ def test_config_is_locked_against_typos():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("job", "pretrian", "choose one of"),
     ("model.depth", 42, "choose one of"),
     ("model.dtype", "float16", "bfloat16"),
     ("model.padding", "valid", "torchvision"),
@@ -82,9 +82,15 @@ def test_validate_names_field_and_fix(field, value, message):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=message) as err:
+  with pytest.raises(errors.ConfigError, match=message) as err:
     config_lib.validate(config)
   assert f"config.{field}" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_unknown_job_names_field_and_fix():
+  from relic import jobs
+  with pytest.raises(errors.ConfigError, match="config.job: unknown job 'pretrian'.*Fix:"):
+    jobs.get_job("pretrian")
 
 
 def run_main(*args):
@@ -122,7 +128,7 @@ def test_renamed_segmentation_fields_name_the_new_ones(tmp_path):
                           ("data_dir", "/tfds", "--config.data.data_dir=/tfds"),
                           ("train_split", "train", "--config.data.train_split=train"),
                           ("eval_split", "val", "--config.data.eval_split=val")):
-    with pytest.raises(config_lib.ConfigError, match=new):
+    with pytest.raises(errors.ConfigError, match=new):
       config_lib.check_renamed(["--workdir=/w", f"--config.segmentation.{old}", value])
   config_lib.check_renamed(["--config.data.path=/x", "--config.segmentation.crop_size=9"])
   # The shipped config reads its data from config.data.

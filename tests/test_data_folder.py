@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from relic import config as config_lib
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic.data import objectnet_classes, pipeline, sources
 from tests import aircraft_data, objectnet_data
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from relic import config as config_lib
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic.data import pipeline, tfds_source
 from relic.jobs import pretrain
 from tests import voc2007_data

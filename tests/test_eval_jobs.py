@@ -13,7 +13,7 @@ import pytest
 from etils import epath
 
 from relic import checkpoints, config as config_lib
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic import parallel
 from relic.data import pipeline
 from relic.evaluators import frozen, linear, multilabel
@@ -440,3 +440,35 @@ def test_cached_batches_are_a_pure_function_of_the_step():
     assert sorted(seen[epoch * 50:(epoch + 1) * 50]) == list(range(50))   # each once per epoch
   fresh = linear_probe._CachedBatches(features, labels, 16, seed=0, mesh=mesh)
   np.testing.assert_array_equal(np.asarray(fresh(13)["label"]), seen[13 * 16:14 * 16])
+
+
+def test_knn_job_matches_a_numpy_knn_on_the_encoder_features(pretrained, tmp_path):
+  """The fifth job: the ``knn`` evaluator on a pretrained workdir, against a weighted kNN written
+  out in NumPy on features computed image by image on one device."""
+  config = eval_config("knn", pretrained)
+  config.data.views.large.size = 32
+  config.knn.update(dict(k=5, num_train_examples=0))
+  results = run(config, str(tmp_path))
+  encoder, variables, _ = checkpoints.load_pretrained(config)
+
+  def features(split):
+    xs, ys = [], []
+    for batch in pipeline.eval_batches(config, split=split, batch_size=50, image_size=32):
+      keep = batch["valid"]
+      xs.append(np.asarray(encoder.apply(variables, batch["image"], train=False))[keep])
+      ys.append(batch["label"][keep])
+    x = np.concatenate(xs).astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), np.concatenate(ys)
+
+  bank_x, bank_y = features("train")
+  test_x, test_y = features("test")
+  sims = test_x @ bank_x.T
+  top = np.argsort(-sims, axis=1)[:, :5]
+  votes = np.zeros((len(test_x), 10))
+  for i, row in enumerate(top):
+    for j in row:
+      votes[i, bank_y[j]] += np.exp(sims[i, j] / config.knn.temperature)
+  expected = 100.0 * np.mean(votes.argmax(1) == test_y)
+  assert results["test"]["knn_top1"] == pytest.approx(expected, abs=1e-6)
+  assert len(bank_y) == NUM_TRAIN and len(test_y) == NUM_TEST
+  assert "kNN top-1" in (tmp_path / "results.md").read_text()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from relic import config as config_lib
 from relic import parallel
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic.data import objectnet_classes, sources
 from relic.evaluators import accuracy, class_subsets, label_subsets
 from relic.train import heads_step as linear_heads

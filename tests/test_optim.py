@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from relic import schedules
-from relic.config import ConfigError, base_config
+from relic.config import base_config
+from relic.errors import ConfigError
 from relic.models import MLP, ResNet
 from relic.optim import make_optimizer, weight_decay_mask
 

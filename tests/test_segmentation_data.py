@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from relic import config as config_lib
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic.data import builtin, cityscapes, pipeline, seeds, voc2012
 from relic.data import segmentation as seg
 from tests import voc2012_data

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from relic.config import base_config
-from relic.models import FCNHead, ResNet, SegmentationNet, segmentation_net
+from relic.models import (FCNHead, ResNet, SegmentationNet, encoder_from_config,
+                          segmentation_net)
 from tests.numpy_weights import numpy_variables, with_batch_statistics
 
 torch = pytest.importorskip("torch")
@@ -193,7 +194,7 @@ def seg_config(**overrides):
 def seg():
   """A tiny segmentation net from the config, on images whose size is no multiple of 16."""
   config = seg_config()
-  net = segmentation_net(config.model, config.segmentation, num_classes=5)
+  net = segmentation_net(encoder_from_config(config.model), config.segmentation, num_classes=5)
   images = jax.random.uniform(jax.random.key(0), (2, 65, 49, 3))
   return net, numpy_variables(net, images, np.random.default_rng(1)), images
 
@@ -221,7 +222,7 @@ def test_segmentation_net_from_config_shapes_and_variable_tree(seg):
 def test_segmentation_net_bfloat16_still_returns_float32_logits():
   config = seg_config(output_stride=8)
   config.model.dtype = "bfloat16"
-  net = segmentation_net(config.model, config.segmentation, num_classes=3)
+  net = segmentation_net(encoder_from_config(config.model), config.segmentation, num_classes=3)
   assert net.head.dtype == "bfloat16" and net.encoder.output_stride == 8
   images = jnp.zeros((1, 33, 40, 3))
   out = jax.eval_shape(lambda: net.init_with_output(jax.random.key(0), images)[0])

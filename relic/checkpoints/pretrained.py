@@ -22,7 +22,8 @@ from absl import logging
 from etils import epath
 
 from relic.checkpoints.layout import read_config, step_dirs, workdir_of
-from relic.config import ConfigError, base_config
+from relic.config import base_config
+from relic.errors import ConfigError
 from relic.models.resnet import STAGE_SIZES, ResNet
 
 ARCH_FIELDS = ("depth", "width_multiplier", "stage_sizes", "base_width", "small_images")

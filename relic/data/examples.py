@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from etils import epath
 
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic.data import pipeline, seeds, sources, splits, views
 from relic.evaluators import label_subsets
 

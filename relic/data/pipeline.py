@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic.data import augment_spec, fake, seeds, sources, views
 from relic.data.sources import check_data_config
 from relic.data.prefetch import device_prefetch

@@ -26,7 +26,7 @@ import dataclasses
 
 from absl import logging
 
-from relic.config import ConfigError
+from relic.errors import ConfigError
 
 IMAGENET_C_CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",

@@ -45,7 +45,7 @@ import copy
 import dataclasses
 import pathlib
 
-from relic.config import ConfigError
+from relic.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

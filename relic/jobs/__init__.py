@@ -14,6 +14,7 @@ JOBS = {
     "transfer": "relic.jobs.transfer",
     "robustness": "relic.jobs.robustness",
     "segmentation": "relic.jobs.segmentation",
+    "knn": "relic.jobs.knn",
 }
 
 

@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from relic import errors, parallel, resume_check, schedules
-from relic.checkpoints import orbax_checkpointer as checkpoint
-from relic.config import ConfigError
+from relic import errors, parallel, schedules
+from relic.errors import ConfigError
 from relic.data import pipeline
 from relic.evaluators import accuracy, features as features_lib
 from relic.train import divergence, loop, sweep as sweep_lib
@@ -190,15 +189,11 @@ def run(config, workdir: str) -> dict[str, Any]:
       in_shardings=(replicated, replicated, sharded), out_shardings=(replicated, replicated),
       donate_argnums=0)
   labels = [f"lr{base:g}" for base in lp.lr_grid]
-  outcome = loop.train(loop.Run(
+  outcome = loop.train(loop.encoder_run(
+      config, "linear_probe", info, None, _RESUME_FIELDS,
       name="The linear probe", workdir=workdir, state=parallel.replicate(state, mesh),
       step_fn=lambda state, batch: heads_step(state, frozen, batch), batches=batches,
       total_steps=total, global_batch=lp.batch_size,
-      meta={"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"]},
-      check_resume=lambda meta: resume_check.check_run_resume(
-          meta, config, info, None, "linear_probe", _RESUME_FIELDS),
-      log_every_steps=lp.log_every_steps, checkpoint_every_steps=lp.checkpoint_every_steps,
-      nan_policy=config.train.nan_policy, max_skipped_steps=config.train.max_skipped_steps,
       log_metrics=lambda m: {f"{k}_{name}": m[k][i]
                              for k in ("loss", "accuracy", "learning_rate")
                              for i, name in enumerate(labels)}))

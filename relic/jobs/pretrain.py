@@ -105,20 +105,17 @@ def run(config, workdir: str) -> dict[str, Any]:
       loop.Periodic(config.train.eval_every_steps,
                     lambda state, step, e=e: e.run(_encoder_variables(state)))
       for e in evaluate(config.evaluators.periodic))
-  t = config.train
-  outcome = loop.train(loop.Run(
-      name="Pretraining", workdir=workdir, state=jax.jit(init_state, out_shardings=shardings)(),
-      step_fn=step_fn, total_steps=total, global_batch=t.batch_size,
+  outcome = loop.train(loop.job_run(
+      config, "train", name="Pretraining", workdir=workdir,
+      state=jax.jit(init_state, out_shardings=shardings)(), step_fn=step_fn, total_steps=total,
+      global_batch=config.train.batch_size,
       batches=lambda start: pipeline.device_prefetch(
           pipeline.pretrain_batches(config, batch_size=process_batch, seed=config.seed,
                                     start_step=start), mesh, config.data.prefetch_to_device),
       meta={"config": checkpoint.config_to_json(config)},
       check_resume=lambda meta: resume_check.check_resume_compatible(meta.get("config", {}),
                                                                      config),
-      log_every_steps=t.log_every_steps, checkpoint_every_steps=t.checkpoint_every_steps,
-      stop_at_step=t.stop_at_step, keep_checkpoints=t.keep_checkpoints,
-      keep_every_steps=t.keep_every_steps, nan_policy=t.nan_policy,
-      max_skipped_steps=t.max_skipped_steps, periodic=periodic))
+      periodic=periodic))
   if outcome.stopped:
     return {}
   final: dict[str, Any] = dict(outcome.metrics)

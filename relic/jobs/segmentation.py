@@ -27,7 +27,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from relic import errors, parallel, resume_check
+from relic import errors, parallel
 from relic.checkpoints import orbax_checkpointer as checkpoint
 from relic.data import pipeline, segmentation as seg_data
 from relic.evaluators import segmentation as seg_eval
@@ -36,7 +36,8 @@ from relic.checkpoints import pretrained as eval_pretrained, results as eval_res
 from relic.models.resnet import OUTPUT_STRIDES
 from relic.models.segmentation import SegmentationNet
 from relic.train import divergence, loop, sweep as sweep_lib
-from relic.train.segmentation_step import init_state, make_net, make_optimizer, make_train_step
+from relic.models import segmentation_net
+from relic.train.segmentation_step import init_state, make_optimizer, make_train_step
 from relic.train.states import FinetuneState
 
 _RESUME_FIELDS = ("crop_size", "min_scale", "max_scale", "output_stride", "head_channels",
@@ -95,21 +96,15 @@ def train(config, run_dir: str, net: SegmentationNet, variables: dict, info: dic
                                        config.train.nan_policy),
                     in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                     donate_argnums=0)
-  outcome = loop.train(loop.Run(
+  outcome = loop.train(loop.encoder_run(
+      config, "segmentation", info, base_lr, _RESUME_FIELDS,
       name=f"Segmentation training at rate {base_lr:g}", workdir=run_dir,
       state=parallel.replicate(init_state(net, variables, optimizer, config), mesh),
       step_fn=step_fn, total_steps=s.num_steps, global_batch=s.batch_size,
       batches=lambda start: pipeline.device_prefetch(
           seg_data.train_batches(config, batch_size=process_batch, seed=config.seed,
                                  start_step=start, split=split),
-          mesh, config.data.prefetch_to_device),
-      meta={"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"],
-            "base_lr": base_lr},
-      check_resume=lambda meta: resume_check.check_run_resume(
-          meta, config, info, base_lr, "segmentation", _RESUME_FIELDS),
-      log_every_steps=s.log_every_steps, checkpoint_every_steps=s.checkpoint_every_steps,
-      keep_checkpoints=s.keep_checkpoints, nan_policy=config.train.nan_policy,
-      max_skipped_steps=config.train.max_skipped_steps))
+          mesh, config.data.prefetch_to_device)))
   return None if outcome.stopped else outcome.state
 
 
@@ -154,7 +149,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   encoder, variables, info = eval_pretrained.load_pretrained(config)
   mesh = parallel.make_mesh()
   num_classes = seg_data.num_classes(config)
-  net = make_net(encoder, config, num_classes)
+  net = segmentation_net(encoder, config.segmentation, num_classes)
   base_lr, sweep = float(s.base_lr), []
   if len(s.lr_grid) > 1:
     swept = _sweep(config, workdir, net, variables, info, mesh)

@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from relic.models.pretrain import encoder_from_config
 from relic.models.resnet import ResNet, conv_kernel_init
 
 
@@ -67,12 +66,12 @@ class SegmentationNet(nn.Module):
     return jax.image.resize(logits, (batch, height, width, logits.shape[-1]), method="bilinear")
 
 
-def segmentation_net(model_config: Mapping[str, Any], seg_config: Mapping[str, Any],
+def segmentation_net(encoder: ResNet, seg_config: Mapping[str, Any],
                      num_classes: int) -> SegmentationNet:
-  """The network of ``config.segmentation`` on the encoder of ``config.model``."""
-  encoder = encoder_from_config(model_config).clone(
-      output_stride=int(seg_config["output_stride"]), pooled=False)
+  """The network of ``config.segmentation`` on ``encoder``'s architecture (a pretrained
+  checkpoint's, which may differ from ``config.model``'s defaults), its last stage(s) dilated."""
+  dilated = encoder.clone(output_stride=int(seg_config["output_stride"]), pooled=False)
   head = FCNHead(num_classes=num_classes, channels=int(seg_config["head_channels"]),
-                 dilation=int(seg_config["head_dilation"]), dtype=encoder.dtype,
-                 bn_momentum=encoder.bn_momentum, bn_epsilon=encoder.bn_epsilon)
-  return SegmentationNet(encoder=encoder, head=head)
+                 dilation=int(seg_config["head_dilation"]), dtype=dilated.dtype,
+                 bn_momentum=dilated.bn_momentum, bn_epsilon=dilated.bn_epsilon)
+  return SegmentationNet(encoder=dilated, head=head)

@@ -44,10 +44,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from relic import errors, parallel, resume_check, schedules
+from relic import errors, parallel, schedules
 from relic.checkpoints import orbax_checkpointer as checkpoint
 from relic.train import divergence, finetune_step, loop, sweep as sweep_lib
-from relic.config import ConfigError
+from relic.errors import ConfigError
 from relic.data import pipeline
 from relic.evaluators import accuracy, features as features_lib, multilabel
 from relic.evaluators.progress import Progress
@@ -174,21 +174,15 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
                                     pipeline.is_multilabel(config)), config.train.nan_policy),
       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  outcome = loop.train(loop.Run(
+  outcome = loop.train(loop.encoder_run(
+      config, "finetune", info, base_lr, _RESUME_FIELDS,
       name=f"Fine-tuning at base lr {base_lr:g}", workdir=run_dir,
       state=parallel.replicate(state, mesh), step_fn=step_fn, total_steps=total,
       global_batch=ft.batch_size,
       batches=lambda start: pipeline.device_prefetch(
           examples.batches(batch_size=process_batch, image_size=ft.image_size,
                            train_augment=True, seed=config.seed, repeat=True, start_step=start),
-          mesh, config.data.prefetch_to_device),
-      meta={"config": checkpoint.config_to_json(config), "fingerprint": info["fingerprint"],
-            "base_lr": base_lr},
-      check_resume=lambda meta: resume_check.check_run_resume(
-          meta, config, info, base_lr, "finetune", _RESUME_FIELDS),
-      log_every_steps=ft.log_every_steps, checkpoint_every_steps=ft.checkpoint_every_steps,
-      keep_checkpoints=ft.keep_checkpoints, nan_policy=config.train.nan_policy,
-      max_skipped_steps=config.train.max_skipped_steps))
+          mesh, config.data.prefetch_to_device)))
   return None if outcome.stopped else outcome.state
 
 

@@ -23,9 +23,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from relic import preemption
+from relic import preemption, resume_check
 from relic.train.divergence import Divergence
-from relic.checkpoints import Checkpointer
+from relic.checkpoints import Checkpointer, config_to_json
 from relic.metrics import MetricsLogger
 
 @dataclasses.dataclass
@@ -91,6 +91,32 @@ class Outcome:
   state: Any
   metrics: dict[str, float]
   stopped: bool
+
+
+def job_run(config, section: str, **fields) -> Run:
+  """A :class:`Run` with the cadence and retention of ``config.<section>`` (its
+  ``log_every_steps``, ``checkpoint_every_steps`` and, where the section has them,
+  ``keep_checkpoints``, ``keep_every_steps``, ``stop_at_step``) and the divergence policy of
+  ``config.train``, the same for every job; ``fields`` are the job's own."""
+  s = config[section]
+  return Run(log_every_steps=s.log_every_steps, checkpoint_every_steps=s.checkpoint_every_steps,
+             keep_checkpoints=s.get("keep_checkpoints", 2),
+             keep_every_steps=s.get("keep_every_steps", 0), stop_at_step=s.get("stop_at_step", 0),
+             nan_policy=config.train.nan_policy,
+             max_skipped_steps=config.train.max_skipped_steps, **fields)
+
+
+def encoder_run(config, section: str, info: Mapping[str, Any], base_lr: float | None,
+                resume_fields: tuple[str, ...], **fields) -> Run:
+  """:func:`job_run` for a run that trains on a pretrained encoder (linear probe, fine-tuning,
+  segmentation): its checkpoints name the encoder (``info['fingerprint']``) and the rate, and
+  a rerun resumes only the same run (``config.<section>.<resume_fields>``, rate, encoder)."""
+  return job_run(
+      config, section, meta={"config": config_to_json(config),
+                             "fingerprint": info["fingerprint"], "base_lr": base_lr},
+      check_resume=lambda meta: resume_check.check_run_resume(meta, config, info, base_lr,
+                                                              section, resume_fields),
+      **fields)
 
 
 def _default_log_metrics(metrics: dict) -> dict:

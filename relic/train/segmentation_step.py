@@ -12,18 +12,8 @@ import jax.numpy as jnp
 import optax
 
 from relic import optim
-from relic.models.segmentation import FCNHead, SegmentationNet
+from relic.models.segmentation import SegmentationNet
 from relic.train.states import FinetuneState
-
-
-def make_net(encoder, config, num_classes: int) -> SegmentationNet:
-  """The FCN on ``encoder``'s architecture (the pretrained checkpoint's, which may differ from
-  ``config.model``'s defaults), its last stage(s) dilated."""
-  s = config.segmentation
-  dilated = encoder.clone(output_stride=s.output_stride, pooled=False)
-  return SegmentationNet(encoder=dilated, head=FCNHead(
-      num_classes=num_classes, channels=s.head_channels, dilation=s.head_dilation,
-      dtype=encoder.dtype, bn_momentum=encoder.bn_momentum, bn_epsilon=encoder.bn_epsilon))
 
 
 def pixel_cross_entropy(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> jax.Array:
