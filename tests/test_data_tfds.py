@@ -120,7 +120,7 @@ def test_voc2007_is_multilabel_with_difficult_classes_ignored(tmp_path):
   assert rows(got) == rows(want)
   assert (np.concatenate([b["label"] for b in batches]) == -1).all()  # no single class
   # Pretraining reads its images but refuses what needs one class per image, before compute.
-  with pytest.raises(ConfigError, match="multi-label.*pretraining with probe, knn needs"):
+  with pytest.raises(ConfigError, match="multi-label.*pretraining with probe, evaluators needs"):
     pretrain.validate(config)
   for section in ("probe", "knn", "final_eval"):
     config[section].enabled = False
