@@ -15,6 +15,8 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 
+from relic.evaluators.progress import duration
+
 METRICS_JSONL = "metrics.jsonl"
 
 
@@ -50,7 +52,7 @@ class MetricsLogger:
       values["train/images_per_s"] = steps_per_s * self._batch
       values["train/steps_per_s"] = steps_per_s
       eta = (self._total_steps - step) / max(steps_per_s, 1e-9)
-      line = f" | {values['train/images_per_s']:.1f} img/s | ETA {_duration(eta)}"
+      line = f" | {values['train/images_per_s']:.1f} img/s | ETA {duration(eta)}"
     self._writer.write_scalars(step, values)
     if self._is_lead:
       with self._jsonl.open("a") as f:
@@ -65,12 +67,6 @@ class MetricsLogger:
 
   def close(self) -> None:
     self._writer.close()
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  hours, rest = divmod(seconds, 3600)
-  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def read_metrics(workdir: str) -> list[dict]:

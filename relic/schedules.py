@@ -41,11 +41,6 @@ def resolve_num_train_examples(config: ml_collections.ConfigDict, split_size: in
   return int(config.train.num_train_examples) or int(split_size)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int) -> float:
-  """``examples / batch_size``, not rounded: epochs need not end on a step boundary."""
-  return num_train_examples / config.train.batch_size
-
-
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
   """Length of training: ``train.num_steps`` if > 0, else ``train.num_epochs`` converted."""
   if config.train.num_steps > 0:
@@ -58,16 +53,6 @@ def warmup_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> 
   if config.optim.warmup_epochs <= 0:
     return 0
   return epochs_to_steps(config.optim.warmup_epochs, num_train_examples, config.train.batch_size)
-
-
-def epoch_at_step(step: int, config: ml_collections.ConfigDict, num_train_examples: int) -> float:
-  """Epochs completed after ``step`` steps (for logs and progress reports)."""
-  return examples_seen(step, config) / num_train_examples
-
-
-def examples_seen(step: int, config: ml_collections.ConfigDict) -> int:
-  """Training examples consumed after ``step`` steps of the global batch."""
-  return int(step) * int(config.train.batch_size)
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:

@@ -98,13 +98,6 @@ class Checkpointer:
     self._failure: CheckpointSaveError | None = None
     self._manager = self._open(cleanup_tmp=True)
 
-  @classmethod
-  def from_config(cls, workdir: str | epath.PathLike, config: ml_collections.ConfigDict,
-                  **kwargs) -> "Checkpointer":
-    """Retention from ``config.train.keep_checkpoints`` / ``keep_every_steps``."""
-    return cls(workdir, keep=config.train.keep_checkpoints,
-               keep_every_steps=config.train.keep_every_steps, **kwargs)
-
   def _open(self, cleanup_tmp: bool) -> ocp.CheckpointManager:
     policies = [ocp.checkpoint_managers.LatestN(self._keep)]
     if self._keep_every_steps > 0:

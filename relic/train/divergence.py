@@ -12,9 +12,6 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-NAN_POLICIES = ("stop", "skip")
-
-
 class DivergenceError(RuntimeError):
   """The loss or the gradients became NaN/Inf (policy 'stop', or more skips than allowed)."""
 
