@@ -1,5 +1,7 @@
-"""kNN evaluation of a pretrained encoder on ImageNet: weighted kNN (k 20, temperature 0.07) on
-frozen, L2-normalised features, with a labelled bank of training images.
+"""kNN evaluation of a pretrained encoder on ImageNet: weighted kNN on frozen features.
+
+Weighted kNN (k 20, temperature 0.07) on frozen, L2-normalised features, with a labelled bank of
+training images.
 
 Command:
   python -m relic.main --config=configs/knn.py --config.pretrained=WORKDIR_OR_CHECKPOINT \

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from relic.data.config import data_config
-from relic.errors import ConfigError, require  # noqa: F401  (ConfigError: re-exported)
+from relic.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,15 +33,22 @@ def base_config() -> ml_collections.ConfigDict:
       projector_output_dim=256,
       predictor=False,          # BYOL-style predictor on the online branch.
       predictor_hidden_dim=4096,
+      # A bias on the last Linear of the projector (and predictor). False = BYOL's MLP, which
+      # ReLICv2's released code ships (utils/networks.py: Linear(bias) -> BN -> ReLU ->
+      # Linear(with_bias=False)); True = the layout of relic runs from before this field.
+      projector_last_bias=False,
   ))
   config.loss = ml_collections.ConfigDict(dict(
-      # 'relicv2', or 'supervised': cross-entropy on the labels over the same views, network
-      # and schedule (the online network's output are the logits, so projector_output_dim
-      # must equal the number of classes); a reference for ablations, not a method.
+      # 'relicv2'; the baselines in the same pipeline (same views, network, optimiser and
+      # schedule; relic/objectives.py): 'byol' (normalised MSE of the online prediction onto
+      # the target projection of another view; needs model.predictor=True) and 'simclr'
+      # (NT-Xent between online projections, 2B - 2 negatives, no target network); or
+      # 'supervised': cross-entropy on the labels (the online network's output are the
+      # logits, so projector_output_dim must equal the number of classes), a reference.
       objective="relicv2",
-      temperature=0.1,
-      beta=1.0,                 # weight of the invariance (KL) term; 0 = InfoNCE.
-      num_negatives=0,          # 0 = the whole global batch; n > 0 samples n per anchor.
+      temperature=0.1,          # relicv2 and simclr.
+      beta=1.0,                 # relicv2: weight of the invariance (KL) term; 0 = InfoNCE.
+      num_negatives=0,          # relicv2: 0 = the whole global batch; n > 0 samples n per anchor.
   ))
   config.ema = ml_collections.ConfigDict(dict(base_rate=0.996))
   config.optim = ml_collections.ConfigDict(dict(
@@ -50,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=1.5e-6,
       momentum=0.9,
       trust_coefficient=1e-3,
+      lars_clip=False,          # solo-learn's clip_lr: trust ratio capped at the rate (optim.py).
       warmup_epochs=10.0,
       nesterov=False,           # 'sgd' only: Nesterov momentum (linear evaluation uses it).
   ))
@@ -57,7 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=4096,          # global batch, over all devices and processes.
       num_epochs=1000.0,
       num_steps=0,              # > 0 overrides num_epochs.
-      num_train_examples=0,     # 0 = the size of the training split.
+      # Examples per epoch: 0 = the size of data.train_split as read (the usual case); N > 0
+      # counts epochs of N examples whatever the split holds (e.g. a subset run that should
+      # train as long as on the full dataset). See data.expected_train_examples.
+      num_train_examples=0,
       log_every_steps=100,
       checkpoint_every_steps=2000,
       keep_checkpoints=3,       # the last N ...
@@ -66,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
       stop_at_step=0,           # > 0: checkpoint and exit at this step (time-sliced runs); a
                                 # rerun of the same command continues. 0 = run to the end.
       fsdp=False,               # shard parameters + optimizer state over the data axis.
+      view_images=8,            # pretraining: the views of this many images of the first
+                                # batch go to TensorBoard at step 0 (views/...); 0 = none.
       nan_policy="stop",        # every job: 'stop' or 'skip' (skip up to max_skipped_steps).
       max_skipped_steps=10,
   ))
@@ -97,16 +110,24 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   # Evaluation jobs (method.md section 5); each reads config.pretrained.
   config.linear_probe = ml_collections.ConfigDict(dict(
-      # Official ReLICv2 linear evaluation: frozen encoder (BN in inference mode), one linear
-      # layer, SGD + Nesterov momentum, cosine to 0, no weight decay.
-      batch_size=1024,          # global batch of the head's SGD and of evaluation.
-      num_epochs=100.0,
-      # Base rates (x batch_size / 256) trained side by side in one pass; the one with the best
-      # hold-out top-1 is reported. 0.3 is the official value; a single value = no sweep.
-      lr_grid=(0.1, 0.2, 0.3, 0.5, 1.0),
-      momentum=0.9,             # Nesterov.
-      weight_decay=0.0,
-      holdout_examples=10_000,  # train[:N] selects the rate, train[N:] trains; 0 = no hold-out.
+      # DeepMind's ReLICv2 linear evaluation, every default below [code]: google-deepmind/
+      # relicv2 configs/eval.py, eval_experiment.py and main_loop.py (configs/linear_probe.py
+      # lists them): frozen encoder (BN in inference mode), one linear layer, SGD + Nesterov
+      # momentum, no warm-up, cosine to 0, no weight decay, all training images.
+      batch_size=1024,          # global batch of the head's SGD (main_loop.py --batch_size).
+      num_epochs=100.0,         # main_loop.py --num_epochs.
+      # Base rates (x batch_size / 256), trained side by side in one pass; with several, the
+      # one with the best hold-out top-1 is reported. (0.3,) = eval.py's base_learning_rate,
+      # no sweep; configs/linear_probe.py:sweep sweeps (relic's option).
+      lr_grid=(0.3,),
+      momentum=0.9,             # Nesterov (eval.py optimizer_config).
+      weight_decay=0.0,         # eval.py: optax.sgd, no decay.
+      # train[:N] selects the rate, train[N:] trains; 0 = no hold-out, train on the whole train
+      # split (eval.py trains on TRAIN_AND_VALID, all 1,281,167 images).
+      holdout_examples=0,
+      # Initial head: 'haiku' = hk.Linear's default (truncated normal, stddev 1/sqrt(fan_in),
+      # zero bias; eval_experiment.py _classif_fn), drawn with config.seed; 'zeros'.
+      head_init="haiku",
       image_size=224,           # test: resize short side to size*256/224, centre crop.
       train_augment=True,       # random-resized crop + flip; False = centre crops.
       precompute_features=False,  # needs train_augment=False: encode once, train on the cache.
@@ -129,7 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
       holdout_examples=0,       # sweep: first N train examples score the rates (0 = 10%).
       holdout_split="",         # sweep: an official validation split that is part of a combined
                                 # train split ('validation' of 'train+validation'); '' = N above.
-      head_lr_multiplier=1.0,   # the new head's rate relative to the encoder's.
+      head_lr_multiplier=1.0,   # the new head's rate relative to the encoder's [code: 1, one
+                                # optimiser for both in relicv2/eval_experiment.py].
+      head_init="haiku",        # [code] hk.Linear's default (see linear_probe.head_init).
       momentum=0.9,             # Nesterov.
       weight_decay=0.0,
       warmup_epochs=0.0,
@@ -209,9 +232,9 @@ def parse_config_arg(arg: str | None) -> dict[str, str]:
 def check_config_args(options: dict[str, str], known: tuple[str, ...], config_name: str) -> None:
   unknown = sorted(set(options) - set(known))
   if unknown:
-    raise ValueError(f"{config_name}: unknown config argument(s) {unknown}; "
-                     f"this config accepts {list(known)} (e.g. 'configs/{config_name}.py:"
-                     f"{known[0] if known else ''}').")
+    raise ConfigError(f"{config_name}: unknown config argument(s) {unknown}. Fix: this config "
+                      f"accepts {list(known)}"
+                      + (f", e.g. --config={config_name}:{known[0]}." if known else "."))
 
 
 # Moved fields and their new flags; main.py checks them first (ml_collections: "no such field").
@@ -235,9 +258,14 @@ def check_renamed(args: list[str]) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the fields shared by every job; jobs check their own fields on top."""
+  """Checks the fields shared by every job (jobs check their own fields on top); one
+  ConfigError lists every field that fails. Imports no TensorFlow."""
   from relic.data import sources  # pylint: disable=import-outside-toplevel
+  from relic.errors import Problems
   from relic.models.resnet import PADDING_MODES, STAGE_SIZES
+
+  problems = Problems()
+  require = problems.require  # each check below is independent: report them all at once
 
   m = config.model
   require(m.depth in STAGE_SIZES, "model.depth", f"unsupported depth {m.depth}",
@@ -268,12 +296,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"unknown policy {config.train.nan_policy!r}", "choose 'stop' or 'skip'")
   require(config.train.max_skipped_steps >= 0, "train.max_skipped_steps",
           f"must be >= 0, got {config.train.max_skipped_steps}", "use e.g. 10")
+  require(config.train.num_train_examples >= 0, "train.num_train_examples",
+          f"must be >= 0, got {config.train.num_train_examples}",
+          "use 0 (the size of the training split) or a positive count")
+  require(config.data.expected_train_examples >= 0, "data.expected_train_examples",
+          f"must be >= 0, got {config.data.expected_train_examples}",
+          "use 0 (no statement) or the number of examples the config was written for")
   require(config.train.batch_size > 0, "train.batch_size",
            f"must be > 0, got {config.train.batch_size}", "use a positive global batch size")
   require(config.train.num_steps > 0 or config.train.num_epochs > 0, "train.num_epochs",
            "neither num_epochs nor num_steps is positive", "set one of them")
   d = config.data
-  sources.source_class(d.source, sources.DataSource)
+  problems.check(sources.source_class, d.source, sources.DataSource)
   require(0.0 <= d.mask_prob <= 1.0, "data.mask_prob",
            f"must be a probability in [0, 1], got {d.mask_prob}", "use e.g. 0.1, or 0 to disable")
   require(0.0 <= d.grayscale_prob <= 1.0, "data.grayscale_prob",
@@ -295,6 +329,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(d.views.large.num >= 1, "data.views.large.num",
            "at least one large view is needed (the target network sees only large views)",
            "set data.views.large.num >= 1")
+  problems.raise_if_any()
 
 
 # Epoch presets from the BYOL/ReLICv2 code family (method.md section 4):
@@ -317,6 +352,7 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
   config.data.views.large.size = 32
   config.data.views.small.size = 16
   config.data.shuffle_buffer = 512
+  config.data.update(dict(expected_train_examples=0, labelled_split=""))
   config.train.update(dict(batch_size=64, num_steps=20, num_train_examples=0, log_every_steps=5,
                            checkpoint_every_steps=10, eval_every_steps=10))
   config.optim.warmup_epochs = 0.5
@@ -330,15 +366,17 @@ def imagenet_pretrain_config(arg: str | None, *, depth: int, width_multiplier: i
   check_config_args(options, ("epochs", "runlocal"), name)
   epochs = int(options.get("epochs", 1000))
   if epochs not in EPOCH_PRESETS:
-    raise ValueError(f"{name}: no preset for epochs={epochs}; choose one of "
-                     f"{sorted(EPOCH_PRESETS)} or override config.train.num_epochs and the "
-                     "optimiser fields directly.")
+    raise ConfigError(f"{name}: no preset for epochs={epochs}. Fix: choose one of "
+                      f"{sorted(EPOCH_PRESETS)} or override config.train.num_epochs and the "
+                      "optimiser fields directly.")
   base_lr, weight_decay, ema = EPOCH_PRESETS[epochs]
   config = base_config()
   config.model.depth = depth
   config.model.width_multiplier = width_multiplier
   config.train.num_epochs = float(epochs)
-  config.train.num_train_examples = IMAGENET_TRAIN_EXAMPLES
+  # Epochs count the split as read; a folder or slice of another size is trained for the same
+  # number of epochs of *its* examples, with a start-up warning naming both numbers.
+  config.data.expected_train_examples = IMAGENET_TRAIN_EXAMPLES
   config.optim.update(dict(base_lr=base_lr, weight_decay=weight_decay))
   config.ema.base_rate = ema
   config.data.dataset = "imagenet2012"

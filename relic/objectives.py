@@ -1,4 +1,5 @@
-"""The ReLICv2 objective (Tomasev et al. 2022, Algorithm 1) as pure functions.
+"""The ReLICv2 objective (Tomasev et al. 2022, Algorithm 1) and the baselines of the paper's
+comparison (BYOL, SimCLR; a supervised reference) as pure functions on (views, batch, dim) arrays.
 
 For one pair (online view v, target view u), with o_i the L2-normalised online projection of
 image i and t_k the L2-normalised target projection of image k over the *global* batch:
@@ -17,6 +18,24 @@ All math is float32 whatever the input dtype (bfloat16 logits at tau = 0.05 over
 softmax's precision), and the target carries no gradient. The functions are written on global
 arrays: under ``jax.jit`` with the batch axis sharded over a mesh, the similarity matrix spans
 the global batch, so the negatives are all images on all devices.
+
+Baselines in the same pipeline (``config.loss.objective``; same views, encoder, projector,
+optimiser and schedule; see relic/train/pretrain_step.py):
+
+* ``byol_loss`` (Grill et al. 2020, eq. 2 and the symmetrised loss after it; DeepMind's
+  byol/byol_experiment.py ``loss_fn`` with byol/utils/helpers.py ``regression_loss``): the
+  normalised MSE ``||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z)`` between the online *prediction* of one
+  view and the stop-gradient target *projection* of another. Two views: ``mean_b[l(p_1, z_2) +
+  l(p_2, z_1)]``, exactly BYOL's value (their code sums the two directions). Multi-crop
+  (relic's definition): ``2 x`` the mean over all ordered pairs (online view i, target large view
+  k) with i != k, so that two views give BYOL's number and more views keep its scale.
+* ``simclr_loss`` (Chen et al. 2020, NT-Xent, eq. 1 and the mean over the 2N anchors after it):
+  no target network, both branches are the online network. For a pair of views (i, k), anchor b
+  of view i has its positive at b in view k and 2B - 2 negatives: every other image of views i
+  and k. Two views: exactly the paper's loss (the mean over the 2N anchors; SimCLR's TF code
+  reports the sum of the two directions' means, twice this). Multi-crop (relic's definition):
+  the mean over all ordered pairs (view i, large view k) with i != k, the pair structure of
+  ReLICv2 and BYOL (small views are anchors against the large ones, never the other way).
 """
 
 from __future__ import annotations
@@ -154,3 +173,84 @@ def supervised_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, di
   loss = jnp.sum(jnp.where(valid, losses, 0.0)) / count
   accuracy = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == safe)) / count
   return loss, dict(loss=loss, accuracy=accuracy)
+
+
+OBJECTIVES = ("relicv2", "byol", "simclr", "supervised")
+# Objectives with an EMA target network (the others never read or update the target).
+TARGET_OBJECTIVES = ("relicv2", "byol")
+
+
+def _cross_view_pairs(num_online: int, num_target: int) -> list[tuple[int, int]]:
+  """Ordered pairs (online view i, large view k), i != k: the baselines' pair structure."""
+  if num_online < num_target:
+    raise ValueError(f"online has {num_online} views but the large views are {num_target}: "
+                     "online must hold the L large views (first) plus the S small views.")
+  pairs = [(i, k) for i in range(num_online) for k in range(num_target) if i != k]
+  if not pairs:
+    raise ValueError(f"{num_online} online view(s) and {num_target} large view(s) give no pair "
+                     "of different views; BYOL and SimCLR need at least two views.")
+  return pairs
+
+
+def byol_loss(online: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """BYOL's loss, symmetrised over views (see the module docstring for multi-crop).
+
+  Args:
+    online: (L + S, B, D) online predictions: the L large views first, in the order of
+      ``target``, then the S small views. Not normalised.
+    target: (L, B, D) target projections of the large views. Not normalised; no gradient flows
+      into it.
+
+  Returns:
+    (loss, metrics): ``loss = 2 * mean_{(i, k), i != k} mean_b (2 - 2 cos(online[i, b],
+    target[k, b]))``; two views give BYOL's ``l(p_1, z_2) + l(p_2, z_1)``. Metrics: the loss and
+    the mean cosine over the same pairs.
+  """
+  pairs = _cross_view_pairs(online.shape[0], target.shape[0])
+  p = l2_normalize(online)
+  z = jax.lax.stop_gradient(l2_normalize(target))
+  cosines = jnp.einsum("vbd,ubd->vub", p, z)                     # (L + S, L, B)
+  per_pair = jnp.stack([jnp.mean(cosines[i, k]) for i, k in pairs])
+  cosine = jnp.mean(per_pair)
+  loss = 2.0 * (2.0 - 2.0 * cosine)
+  return loss, dict(loss=loss, cosine=cosine)
+
+
+def nt_xent_pair(anchor: jax.Array, other: jax.Array, temperature: float
+                 ) -> tuple[jax.Array, jax.Array]:
+  """NT-Xent of anchors ``anchor`` (B, D) against ``other`` (B, D), both L2-normalised.
+
+  Anchor b's positive is ``other[b]``; its 2B - 2 negatives are ``other[c]`` and ``anchor[c]``
+  for c != b (itself excluded). Returns (mean loss over anchors, positive-retrieval accuracy).
+  """
+  batch = anchor.shape[0]
+  cross = anchor @ other.T / temperature                                    # positives: diagonal
+  own = jnp.where(jnp.eye(batch, dtype=bool), -1e9, anchor @ anchor.T / temperature)
+  logits = jnp.concatenate([cross, own], axis=1)                            # (B, 2B)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  positive = jnp.arange(batch)
+  loss = -jnp.mean(log_p[positive, positive])
+  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == positive)
+  return loss, accuracy
+
+
+def simclr_loss(online: jax.Array, *, num_large: int, temperature: float
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """SimCLR's NT-Xent over the global batch (see the module docstring for multi-crop).
+
+  Args:
+    online: (L + S, B, D) online projections of every view, the L large views first. Not
+      normalised; gradients flow into both sides of every pair (no target network).
+    num_large: L.
+    temperature: tau > 0.
+
+  Returns:
+    (loss, metrics): the mean of :func:`nt_xent_pair` over the ordered pairs (view i, large view
+    k), i != k; metrics hold the loss and the positive-retrieval accuracy among the 2B - 1
+    candidates, averaged over pairs.
+  """
+  pairs = _cross_view_pairs(online.shape[0], num_large)
+  z = l2_normalize(online)
+  losses, accuracies = zip(*(nt_xent_pair(z[i], z[k], temperature) for i, k in pairs))
+  loss = jnp.mean(jnp.stack(losses))
+  return loss, dict(loss=loss, accuracy=jnp.mean(jnp.stack(accuracies)))

@@ -12,6 +12,11 @@ Weight decay is added *before* the trust ratio, so the ratio sees the decayed gr
 learning rate multiplies the momentum buffer after accumulation (BYOL scales ``mu`` by the
 current rate; ``optax.lars`` instead accumulates ``lr * g``, which differs whenever the rate
 changes, i.e. at every step of a schedule), hence the chain below rather than ``optax.lars``.
+
+``optim.lars_clip`` (solo-learn's ``clip_lr``, its CIFAR and ImageNet-100 recipes) caps the
+trust ratio at 1 relative to the current rate, ``g <- g * min(trust * ||p|| / ||g|| / lr_k, 1)``:
+a tensor then moves by ``min(trust * ||p|| / ||g||, lr_k)`` times its gradient, never by more
+than plain SGD at the scheduled rate.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def lars(learning_rate: optax.ScalarOrSchedule, *, weight_decay: float, momentum: float = 0.9,
-         trust_coefficient: float = 1e-3, mask: Any = weight_decay_mask
+         trust_coefficient: float = 1e-3, mask: Any = weight_decay_mask, clip: bool = False
          ) -> optax.GradientTransformation:
   """BYOL's LARS from optax primitives (see the module docstring for the update).
 
@@ -64,13 +69,40 @@ def lars(learning_rate: optax.ScalarOrSchedule, *, weight_decay: float, momentum
     trust_coefficient: LARS's eta, 1e-3 in BYOL/ReLICv2.
     mask: pytree of bools (or function of params returning one) choosing the tensors that get
       weight decay and the trust ratio; the others get plain momentum SGD.
+    clip: cap the trust ratio at 1 relative to the rate (module docstring); needs a scalar
+      ``learning_rate`` (the rate held by :func:`step_scheduled`).
   """
+  if clip and callable(learning_rate):
+    raise ValueError("lars(clip=True) needs the current rate as a scalar; build the optimiser "
+                     "with optim.step_scheduled.")
+  trust = (clipped_trust_ratio(trust_coefficient, learning_rate) if clip
+           else optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient))
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask=mask),
-      optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
+      optax.masked(trust, mask),
       optax.trace(decay=momentum, nesterov=False),
       optax.scale_by_learning_rate(learning_rate),
   )
+
+
+def clipped_trust_ratio(trust_coefficient: float, learning_rate: Any
+                        ) -> optax.GradientTransformation:
+  """``g * min(trust * ||p|| / ||g|| / lr, 1)`` per tensor; 1 where either norm or the rate is
+  0 (solo-learn's LARS with ``clip_lr=True``)."""
+
+  def update_fn(updates, state, params):
+    rate = jnp.asarray(learning_rate, jnp.float32)
+
+    def scale(update, param):
+      param_norm = jnp.linalg.norm(param.astype(jnp.float32))
+      update_norm = jnp.linalg.norm(update.astype(jnp.float32))
+      usable = (param_norm > 0) & (update_norm > 0) & (rate > 0)
+      ratio = trust_coefficient * param_norm / jnp.where(usable, update_norm * rate, 1.0)
+      return update * jnp.where(usable, jnp.minimum(ratio, 1.0), 1.0).astype(update.dtype)
+
+    return jax.tree.map(scale, updates, params), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
@@ -88,7 +120,8 @@ def make_optimizer(config: ml_collections.ConfigDict,
   optim = config.optim
   if optim.name == "lars":
     return lars(schedule, weight_decay=optim.weight_decay, momentum=optim.momentum,
-                trust_coefficient=optim.trust_coefficient)
+                trust_coefficient=optim.trust_coefficient,
+                clip=bool(optim.get("lars_clip", False)))
   if optim.name == "sgd":
     return optax.chain(
         optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),

@@ -28,12 +28,14 @@ CRITICAL_FIELDS = (
     "data.train_split",
     "data.mask_prob",
     "data.mask_fill",
+    "data.blur",
     "data.views.*",
     "data.builtin.*",
     "train.batch_size",
     "train.num_epochs",
     "train.num_steps",
-    "train.num_train_examples",   # sets the schedule length when training is given in epochs.
+    "train.num_train_examples",   # sets the schedule length when training is given in epochs;
+                                  # the length the split gives is compared by check_schedule.
     "probe.enabled",              # the probe head is part of the train state ...
     "probe.num_classes",          # ... and its shape.
     "pretrained",                 # evaluation jobs: the encoder they start from.
@@ -87,6 +89,34 @@ def check_resume_compatible(saved_config: Mapping[str, Any] | ml_collections.Con
         "to resume because these fields differ:\n" + "\n".join(differences) +
         "\nFix: resume with the saved values (see config.json in the workdir), or start a new "
         "run in a new --workdir.")
+
+
+def check_schedule(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> None:
+  """Refuses to resume a checkpoint whose schedule differs: examples per epoch, total and
+  warm-up steps, saved with every pretraining checkpoint.
+
+  The length comes from the training split as read, which the config alone does not fix (an
+  image folder at the same ``data.path`` may now hold other files), so the config comparison
+  of :func:`check_resume_compatible` cannot see every change; a resumed learning-rate and EMA
+  schedule of another length would silently be another run. A checkpoint without a saved
+  schedule (written before it was recorded) is logged, not refused.
+
+  Raises:
+    ConfigError: naming each differing quantity with its saved and its new value.
+  """
+  if not saved:
+    logging.warning("Resume check: the checkpoint records no schedule; its length is not "
+                    "compared.")
+    return
+  differences = [f"  {key}: saved {saved[key]!r}, now {value!r}" for key, value in now.items()
+                 if key in saved and saved[key] != value]
+  if differences:
+    keep = saved.get("num_train_examples")
+    raise ConfigError(
+        "the checkpoint to resume was trained on a schedule of another length; refusing to "
+        "resume because:\n" + "\n".join(differences) +
+        "\nFix: resume with the saved training split (or --config.train.num_train_examples="
+        f"{keep} to count epochs of the saved size), or start a new run in a new --workdir.")
 
 
 def check_run_resume(meta: Mapping[str, Any], config, info: Mapping[str, Any], base_lr: float,

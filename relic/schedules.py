@@ -17,6 +17,7 @@ import math
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from relic.errors import ConfigError
 
@@ -33,12 +34,34 @@ def epochs_to_steps(epochs: float, num_train_examples: int, batch_size: int) -> 
 
 
 def resolve_num_train_examples(config: ml_collections.ConfigDict, split_size: int) -> int:
-  """Examples per epoch: ``config.train.num_train_examples`` when set, else the split's size.
+  """Examples per epoch: the size of the training split as read, unless
+  ``config.train.num_train_examples`` is set (an explicit override: a subset run that should
+  count epochs of the full dataset).
 
-  The override exists so a preset can state ImageNet's 1,281,167 images without reading the
-  dataset, and so a subset run can still count epochs of the full split.
+  A config may state the size it was written for (``config.data.expected_train_examples``:
+  ImageNet's 1,281,167 in the ImageNet configs); it never sets the length, but a split of
+  another size (an image folder, a slice, another dataset) logs a warning naming both numbers
+  and the resulting length, so "1000 epochs" of a 50,000-image folder is not a surprise.
   """
-  return int(config.train.num_train_examples) or int(split_size)
+  explicit = int(config.train.num_train_examples)
+  stated = int(config.data.get("expected_train_examples", 0))
+  used = explicit or int(split_size)
+  if stated and stated != int(split_size):
+    length = (f"{config.train.num_steps} steps (train.num_steps)" if config.train.num_steps > 0
+              else f"{config.train.num_epochs:g} epochs = "
+                   f"{epochs_to_steps(config.train.num_epochs, used, config.train.batch_size):,} "
+                   f"steps of batch {config.train.batch_size}")
+    counted = (f"train.num_train_examples={explicit:,} examples per epoch (explicit)" if explicit
+               else f"the split's {int(split_size):,} examples per epoch")
+    fix = ("" if explicit else
+           f" To count epochs of {stated:,} examples instead, set "
+           f"--config.train.num_train_examples={stated}.")
+    logging.warning(
+        "The config states %s training examples (data.expected_train_examples) but "
+        "data.train_split=%r of data.source=%r has %s; training for %s, counting %s.%s",
+        f"{stated:,}", config.data.train_split, config.data.source, f"{int(split_size):,}",
+        length, counted, fix)
+  return used
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:

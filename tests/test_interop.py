@@ -376,3 +376,133 @@ def test_probe_head_is_found_in_a_relic_checkpoint(tmp_path):
     found, record = checkpoints.load_probe_head(str(path))
     assert record == {}  # the online probe of a pretraining state has no record
     np.testing.assert_array_equal(found["linear"]["kernel"], head["linear"]["kernel"])
+
+
+# ----------------------------------------------------------------------------- projector
+
+
+class ByolMLP(hk.Module):
+  """DeepMind's networks.MLP (byol/utils/networks.py = relicv2/utils/networks.py); the last
+  Linear's bias is a parameter here (theirs: with_bias=False)."""
+
+  def __init__(self, name, hidden_size, output_size, last_bias=False):
+    super().__init__(name=name)
+    self._hidden_size, self._output_size, self._last_bias = hidden_size, output_size, last_bias
+
+  def __call__(self, inputs, is_training):
+    out = hk.Linear(output_size=self._hidden_size, with_bias=True)(inputs)
+    out = hk.BatchNorm(**BN_CONFIG)(out, is_training=is_training)
+    out = jax.nn.relu(out)
+    return hk.Linear(output_size=self._output_size, with_bias=self._last_bias)(out)
+
+
+def haiku_network(last_bias, seed=0, size=32, steps=3):
+  """BYOL's online network (tiny encoder -> projector -> predictor), random weights, moved BN
+  EMAs: (forward, params, state)."""
+  def net(images, is_training):
+    features = TinyResNet()(byol_normalize(images), is_training)
+    projection = ByolMLP("projector", 24, 8, last_bias)(features, is_training)
+    prediction = ByolMLP("predictor", 16, 8, last_bias)(projection, is_training)
+    return dict(features=features, projection=projection, prediction=prediction)
+
+  forward = hk.without_apply_rng(hk.transform_with_state(net))
+  rng = np.random.default_rng(seed)
+  images = lambda: rng.uniform(size=(4, size, size, 3)).astype(np.float32)
+  shapes, state = jax.eval_shape(lambda: forward.init(jax.random.key(0), images(), True))
+  fill = lambda leaf: rng.normal(0.3, 0.5, leaf.shape).astype(np.float32)
+  params = jax.tree.map(fill, shapes)
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
+  apply = jax.jit(forward.apply, static_argnums=3)
+  for _ in range(steps):
+    _, state = apply(params, state, images(), True)
+  return forward, params, jax.tree.map(np.asarray, state)
+
+
+@pytest.mark.parametrize("last_bias", [False, True])
+def test_projector_round_trips_through_import_and_export(torch, tmp_path, last_bias):
+  from relic import config as config_lib
+  from relic.checkpoints import read_config
+  from relic.interop import load_projector, torch_projector
+  from relic.interop.export_torch import export_torch
+  from relic.interop.projector import projector_path
+  from relic.models import networks_from_config
+  forward, params, state = haiku_network(last_bias, seed=int(last_bias))
+  assert ("b" in params["projector/linear_1"]) == last_bias   # Haiku's own naming
+  pkl = tmp_path / "byol.pkl"
+  relicv2_pickle(pkl, params, state)
+  workdir = tmp_path / "workdir"
+  import_deepmind(str(pkl), str(workdir))
+
+  # The layout is read from the weights and written into the imported run's config.
+  model_config = read_config(workdir).model
+  assert (model_config.projector_hidden_dim, model_config.projector_output_dim,
+          model_config.projector_last_bias) == (24, 8, last_bias)
+  assert model_config.predictor and model_config.predictor_hidden_dim == 16
+  for source in (str(pkl), str(workdir)):
+    spec, variables = load_projector(source)
+    assert (spec.input_dim, spec.hidden_dim, spec.output_dim, spec.last_bias) == (
+        128, 24, 8, last_bias)
+    assert set(variables["params"]["linear_1"]) == ({"kernel", "bias"} if last_bias
+                                                    else {"kernel"})
+
+  # relic's whole online network, built from the imported config, gives Haiku's outputs.
+  config = config_lib.base_config()
+  config.model.update(model_config.to_dict())
+  online, _ = networks_from_config(config.model)
+  from relic import checkpoints
+  restored = checkpoints.read_state_part(checkpoints.step_dirs(workdir)[0], lambda tree: {
+      g: tree[g] for g in ("online_params", "online_batch_stats")})
+  images = jax.random.uniform(jax.random.key(4), (3, 32, 32, 3))
+  expected, _ = forward.apply(params, state, images, False)
+  features, projection, prediction = online.apply(
+      {"params": restored["online_params"], "batch_stats": restored["online_batch_stats"]},
+      images, train=False)
+  for ours, name in ((features, "features"), (projection, "projection"),
+                     (prediction, "prediction")):
+    np.testing.assert_allclose(ours, expected[name], atol=1e-4, rtol=1e-4, err_msg=name)
+
+  # Export: the projector next to the encoder, loaded strictly into torch_projector.
+  out = tmp_path / "export" / "tiny.pth"
+  meta = export_torch(str(workdir), str(out), check_size=33, projector=True)
+  entry = meta["projector"]
+  assert entry["torch_projector"] == {"input_dim": 128, "hidden_dim": 24, "output_dim": 8,
+                                      "last_bias": last_bias}
+  assert entry["check"]["max_abs_diff"] < 1e-4
+  saved = torch.load(projector_path(str(out)))
+  assert ("3.bias" in saved) == last_bias
+  assert tuple(saved["0.weight"].shape) == (24, 128) and tuple(saved["3.weight"].shape) == (8, 24)
+  net = torch_projector(**entry["torch_projector"]).eval()
+  net.load_state_dict(saved, strict=True)
+  with torch.no_grad():
+    ours = net(torch.from_numpy(np.asarray(expected["features"]))).numpy()
+  np.testing.assert_allclose(ours, expected["projection"], atol=1e-4, rtol=1e-4)
+
+
+def test_projector_parameter_shapes_with_and_without_last_bias():
+  from relic import config as config_lib
+  from relic.models import networks_from_config
+  counts = {}
+  for last_bias in (False, True):
+    config = config_lib.base_config()
+    config.model.update(dict(stage_sizes=(1, 1, 1, 1), base_width=4, small_images=True,
+                             projector_hidden_dim=24, projector_output_dim=8, predictor=True,
+                             predictor_hidden_dim=16, projector_last_bias=last_bias))
+    online, target = networks_from_config(config.model)
+    params = jax.eval_shape(online.init, jax.random.key(0), jnp.zeros((2, 8, 8, 3)))["params"]
+    shapes = jax.tree.map(lambda x: x.shape, {k: params[k] for k in ("projector", "predictor")})
+    expected_last = {"kernel": (24, 8)} | ({"bias": (8,)} if last_bias else {})
+    assert shapes["projector"] == {"linear_0": {"kernel": (128, 24), "bias": (24,)},
+                                   "bn_0": {"scale": (24,), "bias": (24,)},
+                                   "linear_1": expected_last}
+    assert set(shapes["predictor"]["linear_1"]) == set(expected_last)
+    target_params = jax.eval_shape(target.init, jax.random.key(0),
+                                   jnp.zeros((2, 8, 8, 3)))["params"]
+    assert set(target_params["projector"]["linear_1"]) == set(expected_last)
+    counts[last_bias] = sum(np.prod(x.shape) for x in jax.tree.leaves(params))
+  assert counts[True] - counts[False] == 2 * 8   # the projector's and predictor's last biases
+  # The default is BYOL's MLP, and configs saved before the field existed keep their bias.
+  assert config_lib.base_config().model.projector_last_bias is False
+  from relic.models.pretrain import networks_from_config as build
+  old = {k: v for k, v in config_lib.base_config().model.to_dict().items()
+         if k != "projector_last_bias"}
+  assert build(old)[0].projector_last_bias is True

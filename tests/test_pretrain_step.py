@@ -182,3 +182,46 @@ def test_supervised_objective_learns_labels_and_skips_target():
     losses.append(float(metrics["loss"]))
   assert set(metrics) >= {"loss", "accuracy", "probe_top1"}
   assert losses[-1] < losses[0] - 0.1, losses
+
+
+def baseline_config(objective):
+  config = tiny_config(objective=objective)
+  config.model.predictor = objective == "byol"
+  return config
+
+
+@pytest.mark.parametrize("objective,keys", [("byol", ("loss", "cosine", "probe_loss")),
+                                            ("simclr", ("loss", "accuracy", "probe_loss"))])
+def test_baseline_step_same_on_1_and_8_devices(objective, keys):
+  config = baseline_config(objective)
+  batch = make_batch()
+  state1, metrics1 = run_on_mesh(config, batch, jax.devices()[:1])
+  state8, metrics8 = run_on_mesh(config, batch, jax.devices())
+  for m1, m8 in zip(metrics1, metrics8):
+    assert np.isfinite(m1["loss"])
+    for key in keys:
+      np.testing.assert_allclose(m1[key], m8[key], atol=1e-5, err_msg=key)
+  for field in ("online_params", "online_batch_stats", "target_params", "target_batch_stats",
+                "probe_params"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, err_msg=field),
+                 getattr(state1, field), getattr(state8, field))
+  assert int(state8.step) == 2
+
+
+def test_byol_step_target_is_an_ema_without_gradient_and_simclr_has_no_target():
+  batch = jax.tree.map(jnp.asarray, make_batch())
+  config = baseline_config("byol")
+  state, step = build(config, ema=lambda s: jnp.asarray(1.0))
+  assert "predictor" in state.online_params and "predictor" not in state.target_params
+  new_state, metrics = jax.jit(step)(state, batch)
+  jax.tree.map(np.testing.assert_array_equal, state.target_params, new_state.target_params)
+  assert any(jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                                          state.target_batch_stats,
+                                          new_state.target_batch_stats)))  # target ran
+  assert 0.0 < float(metrics["loss"]) <= 8.0
+  # SimCLR: the target network neither runs (its BN statistics stay) nor follows the online one.
+  state, step = build(baseline_config("simclr"), ema=lambda s: jnp.asarray(0.5))
+  new_state, metrics = jax.jit(step)(state, batch)
+  for group in ("target_params", "target_batch_stats"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(state, group), getattr(new_state, group))
+  assert np.isfinite(metrics["loss"]) and "accuracy" in metrics

@@ -72,21 +72,27 @@ def check_architecture(config, found: Mapping[str, Any], path: str) -> None:
         "architecture.")
 
 
+class PretrainedNotFoundError(ConfigError, FileNotFoundError):
+  """``config.pretrained`` names no file and no workdir with a checkpoint: a user error (a
+  ConfigError, reported with the fix) that is also a FileNotFoundError."""
+
+
 def check_pretrained(config) -> None:
-  """Validate-time checks of ``config.pretrained`` (no arrays are read)."""
+  """Validate-time checks of ``config.pretrained`` (no arrays are read, no TensorFlow)."""
   if not config.pretrained:
     raise ConfigError(f"config.pretrained is empty: the {config.job} job evaluates a pretrained "
                       f"encoder. Fix: {_HOW_TO}.")
   path = epath.Path(config.pretrained)
   if not path.exists():
-    raise FileNotFoundError(f"config.pretrained={config.pretrained} does not exist. Fix: {_HOW_TO}.")
+    raise PretrainedNotFoundError(f"config.pretrained={config.pretrained} does not exist. "
+                                  f"Fix: {_HOW_TO}.")
   if path.is_file():
     return  # a DeepMind pickle: its architecture is read from its shapes when it is loaded.
   try:
     workdir = workdir_of(step_dirs(path)[0])
   except FileNotFoundError as e:
-    raise FileNotFoundError(f"config.pretrained={e} Or pass a DeepMind BYOL/ReLICv2 .pkl "
-                            "file.") from None
+    raise PretrainedNotFoundError(f"config.pretrained={e} Or pass a DeepMind BYOL/ReLICv2 "
+                                  ".pkl file.") from None
   saved = read_config(workdir)
   if saved is not None and saved.get("job", "pretrain") != "pretrain":
     raise ConfigError(

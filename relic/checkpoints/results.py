@@ -17,13 +17,18 @@ METRIC_NAMES = {"top1": "top-1", "mean_per_class": "mean per-class accuracy",
                 "map11": "11-point mAP"}
 
 
-def write_results(workdir: str, results: dict[str, Any], markdown: str) -> None:
-  """Writes both files (and prints the table), so a finished run can be read without tools."""
+def write_results(workdir: str, results: dict[str, Any], markdown: str, *, step: int = 0) -> None:
+  """Writes both files (and prints the table), so a finished run can be read without tools,
+  and the numbers of ``results`` as TensorBoard scalars ``eval/...`` at ``step`` (pretraining:
+  its last step; an evaluation job: 0), see :func:`relic.metrics.eval_scalars`."""
   if jax.process_index() == 0:
     path = epath.Path(workdir)
     path.mkdir(parents=True, exist_ok=True)
     (path / RESULTS_JSON).write_text(json.dumps(results, indent=2, sort_keys=False))
     (path / RESULTS_MD).write_text(markdown)
+  # Imported here: the metric writers load TensorFlow, which the start-up checks avoid.
+  from relic.metrics import write_eval_scalars  # pylint: disable=import-outside-toplevel
+  write_eval_scalars(workdir, results, step)
   print(markdown, flush=True)
 
 

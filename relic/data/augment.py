@@ -38,7 +38,7 @@ def augment_views(rng: jax.Array, views: jax.Array, presets: str,
   if views.dtype == jnp.uint8:
     images = images / 255.0
   u = jax.random.uniform(rng, (batch, num_views, spec.NUM_UNIFORMS), jnp.float32)
-  blur_prob = jnp.array([spec.PRESETS[p].blur_prob for p in presets], jnp.float32)
+  blur_prob = jnp.array([photometric.blur_prob(p) for p in presets], jnp.float32)
   solarize_prob = jnp.array([spec.PRESETS[p].solarize_prob for p in presets], jnp.float32)
   radius = spec.blur_radius(height)
   per_view = jax.vmap(lambda x, v, b, s: augment_image(x, v, b, s, radius, photometric))

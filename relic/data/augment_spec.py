@@ -72,11 +72,17 @@ class Photometric:
   """
   color_strength: float = 1.0
   grayscale_prob: float = GRAYSCALE_PROB
+  blur: bool = True  # False: no view is blurred, whatever its preset (``config.data.blur``).
 
   @classmethod
   def from_config(cls, data_config: Any) -> "Photometric":
     return cls(color_strength=float(data_config.color_jitter_strength),
-               grayscale_prob=float(data_config.grayscale_prob))
+               grayscale_prob=float(data_config.grayscale_prob),
+               blur=bool(data_config.get("blur", True)))
+
+  def blur_prob(self, preset: str) -> float:
+    """The blur probability of a view of ``preset``."""
+    return PRESETS[preset].blur_prob if self.blur else 0.0
 
 
 BYOL = Photometric()

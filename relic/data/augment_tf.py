@@ -8,8 +8,8 @@ augmentation, or to run the pipeline without JAX.
 
 from __future__ import annotations
 
-import tensorflow as tf
 
+from relic.data.lazy_tf import tf
 from relic.data import augment_spec as spec
 
 
@@ -21,8 +21,8 @@ def augment_image(image: tf.Tensor, u: tf.Tensor, preset: str, radius: int,
   x = tf.cond(p["flip"], lambda: tf.reverse(image, axis=[1]), lambda: image)
   x = tf.cond(p["jitter"], lambda: color_jitter(x, p, u), lambda: x)
   x = tf.cond(p["grayscale"], lambda: grayscale(x), lambda: x)
-  if settings.blur_prob > 0:
-    x = tf.cond(u[spec.BLUR] < settings.blur_prob,
+  if photometric.blur_prob(preset) > 0:
+    x = tf.cond(u[spec.BLUR] < photometric.blur_prob(preset),
                 lambda: gaussian_blur(x, p["sigma"], radius), lambda: x)
   if settings.solarize_prob > 0:
     x = tf.cond(u[spec.SOLARIZE] < settings.solarize_prob, lambda: solarize(x), lambda: x)

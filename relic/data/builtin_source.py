@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
+from relic.data.lazy_tf import tf
 from relic.data import builtin, sources, splits
 
 

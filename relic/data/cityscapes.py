@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
+from relic.data.lazy_tf import tf
 from relic.data import decode, sources, splits, tfds_source
 from relic.errors import ConfigError
 
@@ -68,6 +68,7 @@ class CityscapesSource(sources.SegmentationSource):
 
   @classmethod
   def check(cls, data: ml_collections.ConfigDict) -> None:
+    tfds_source.check_prepared(CITYSCAPES, data.data_dir, field="data_dir")  # no TensorFlow
     source = cls(data)
 
     def prepared_size(split: str) -> int:   # split metadata alone does not prove the records

@@ -22,6 +22,15 @@ def data_config() -> ml_collections.ConfigDict:
       mask_path="",
       train_split="train",
       eval_split="validation",
+      # The labelled split that pretraining's evaluators read (the kNN bank, the frozen linear
+      # classifier's training set); '' = train_split. STL-10 pretrains on 'unlabelled+train'
+      # and scores on the 5,000 labelled 'train' images.
+      labelled_split="",
+      # The number of training examples the config was written for (ImageNet's 1,281,167 in
+      # the ImageNet configs; 0 = no statement). Only checked: epochs always count the examples
+      # of the actual train_split (or train.num_train_examples when set), and a split of
+      # another size logs a warning at start-up naming both numbers.
+      expected_train_examples=0,
       # Views (method.md section 1). Presets cycle over a group's views: 'AB' -> A, B, A, B.
       views=dict(
           large=dict(num=4, size=224, min_scale=0.08, max_scale=1.0, presets="AB"),
@@ -33,6 +42,8 @@ def data_config() -> ml_collections.ConfigDict:
       # saturation 0.2, hue 0.1) and the grayscale probability (relic/data/augment_spec.py).
       color_jitter_strength=1.0,
       grayscale_prob=0.2,
+      blur=True,              # Gaussian blur with the presets' probabilities; False: never
+                              # (the CIFAR recipes: blur hurts at 32 px).
       # Photometric augmentation inside the jitted step (True) or in tf.data on the host.
       augment_on_device=True,
       fake=False,             # synthetic batches: measure the step without the pipeline.

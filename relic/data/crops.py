@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from relic.data.lazy_tf import tf
 
 # Uniforms one random-resized crop consumes: per attempt an area and a log-aspect, plus the
 # two offsets of the chosen box.

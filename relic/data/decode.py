@@ -7,7 +7,7 @@ are dealt with before training: see :mod:`relic.data.image_check`.
 
 from __future__ import annotations
 
-import tensorflow as tf
+from relic.data.lazy_tf import tf
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:

@@ -18,9 +18,9 @@ from typing import Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
 from etils import epath
 
+from relic.data.lazy_tf import tf
 from relic.errors import ConfigError
 from relic.data import pipeline, seeds, sources, splits, views
 from relic.evaluators import label_subsets

@@ -25,8 +25,8 @@ import pathlib
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
+from relic.data.lazy_tf import tf
 from relic.data import builtin, decode, image_check, sources, splits
 
 BANNER_ROWS = 20
@@ -62,7 +62,10 @@ class AircraftSource(sources.Source):
 
   @classmethod
   def check(cls, data: ml_collections.ConfigDict) -> None:
-    sources.check_mask_folder(data)
+    sources.check_with_mask_folder(data, cls._check_files)
+
+  @classmethod
+  def _check_files(cls, data: ml_collections.ConfigDict) -> None:
     download = ("point it to the unpacked fgvc-aircraft-2013b folder (the one holding data/), as "
                 "downloaded from robots.ox.ac.uk/~vgg/data/fgvc-aircraft")
     if not data.path:

@@ -27,9 +27,9 @@ import pathlib
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
+from relic.data.lazy_tf import tf
 from relic.data import builtin, decode, image_check, sources, splits
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp",
@@ -57,7 +57,10 @@ class FolderSource(sources.Source):
 
   @classmethod
   def check(cls, data: ml_collections.ConfigDict) -> None:
-    sources.check_mask_folder(data)
+    sources.check_with_mask_folder(data, cls._check_files)
+
+  @classmethod
+  def _check_files(cls, data: ml_collections.ConfigDict) -> None:
     if not data.path:
       sources.fail("path", "no image folder given for source='folder'",
                    "set config.data.path=DIR (a folder of images, optionally in class sub-folders)")

@@ -21,9 +21,9 @@ import os
 import pathlib
 import tempfile
 
-import tensorflow as tf
 from absl import logging
 
+from relic.data.lazy_tf import tf
 from relic.data import decode
 
 

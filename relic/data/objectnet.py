@@ -21,9 +21,9 @@ from __future__ import annotations
 import pathlib
 
 import ml_collections
-import tensorflow as tf
 from absl import logging
 
+from relic.data.lazy_tf import tf
 from relic.data import decode, folder_source, sources
 from relic.data.objectnet_classes import CLASSES
 
@@ -45,7 +45,10 @@ class ObjectNetSource(folder_source.FolderSource):
 
   @classmethod
   def check(cls, data: ml_collections.ConfigDict) -> None:
-    sources.check_mask_folder(data)
+    sources.check_with_mask_folder(data, cls._check_files)
+
+  @classmethod
+  def _check_files(cls, data: ml_collections.ConfigDict) -> None:
     if not data.path:
       sources.fail("path", "no ObjectNet folder given for source='objectnet'",
                    "set it to the unpacked objectnet-1.0 folder (config.robustness.objectnet_path "

@@ -15,16 +15,15 @@ tf.data's parallelism.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Iterator
 
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
+from relic.data.lazy_tf import tf
 from relic.errors import ConfigError
 from relic.data import augment_spec, fake, seeds, sources, views
 from relic.data.sources import check_data_config
@@ -35,10 +34,14 @@ __all__ = ["pretrain_batches", "eval_batches", "num_examples", "num_classes", "s
 
 _MAX_EPOCHS = 2 ** 40       # "forever"; epochs are int64 keys
 _PROBE_EXAMPLES = 4
-# Example functions are traced once (shared by the start-up probe and the pipeline) and without
-# autograph: they have no Python control flow on tensors, and conversion dominates start-up.
-_graph_function = functools.partial(tf.function, autograph=False)
 _LARGE, _SMALL = 0, 1       # key of each view group within an example
+
+
+def _graph_function(fn):
+  """Example functions are traced once (shared by the start-up probe and the pipeline) and
+  without autograph: they have no Python control flow on tensors, and conversion dominates
+  start-up. (A function, not a partial of tf.function: TensorFlow loads on first use.)"""
+  return tf.function(fn, autograph=False)
 
 
 def _process() -> tuple[int, int]:

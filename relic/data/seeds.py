@@ -9,7 +9,7 @@ random draws.
 
 from __future__ import annotations
 
-import tensorflow as tf
+from relic.data.lazy_tf import tf
 
 # Purposes folded into a view key, so each draw uses its own stream.
 CROP = 0

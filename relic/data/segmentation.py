@@ -18,14 +18,13 @@ skips the records before it undecoded.
 
 from __future__ import annotations
 
-import functools
 from typing import Iterator
 
 import jax
 import ml_collections
-import tensorflow as tf
 from absl import logging
 
+from relic.data.lazy_tf import tf
 from relic.data import pipeline, seeds, sources
 
 __all__ = ["IGNORE", "MEAN_RGB", "num_classes", "class_names", "num_examples", "check",
@@ -35,8 +34,12 @@ IGNORE = sources.IGNORE   # mask value of void / border / padding pixels: never 
 MEAN_RGB = (0.485, 0.456, 0.406)
 _MAX_EPOCHS = 2 ** 40
 _SCALE, _CROP, _FLIP = 0, 1, 2   # streams of an example's key
-# Traced once, without autograph: the example functions have no Python control flow on tensors.
-_graph_function = functools.partial(tf.function, autograph=False)
+
+
+def _graph_function(fn):
+  """Traced once, without autograph: the example functions have no Python control flow on
+  tensors."""
+  return tf.function(fn, autograph=False)
 
 
 def _source(config: ml_collections.ConfigDict) -> sources.SegmentationSource:

@@ -23,10 +23,10 @@ from typing import Callable, NoReturn, TypeVar
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
+from relic.data.lazy_tf import tf
 from relic.data import seeds, splits
-from relic.errors import ConfigError
+from relic.errors import ConfigError, Problems
 
 # config.data.source -> "module:class".
 SOURCES = {
@@ -178,6 +178,18 @@ def check_mask_folder(data: ml_collections.ConfigDict) -> bool:
     fail("mask_path", f"mask folder {data.mask_path!r} not found",
          "point it to an existing folder of saliency masks, or set config.data.mask_prob=0")
   return needs_masks
+
+
+def check_with_mask_folder(data: ml_collections.ConfigDict,
+                           check_files: Callable[[ml_collections.ConfigDict], None]) -> bool:
+  """:func:`check_mask_folder` and a source's ``check_files(data)``, independent checks: one
+  ConfigError reports both a missing mask folder and a missing image folder. Returns whether
+  masked views are on."""
+  problems = Problems()
+  needs_masks = problems.check(check_mask_folder, data)
+  problems.check(check_files, data)
+  problems.raise_if_any()
+  return bool(needs_masks)
 
 
 def stored_order(names: list[str]) -> np.ndarray:

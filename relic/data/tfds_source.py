@@ -15,15 +15,17 @@ feature; datasets without it cannot take masks).
 
 from __future__ import annotations
 
+import glob
+import os
 import pathlib
+import sys
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from relic.data.lazy_tf import tf, tfds
 from relic.data import builtin, decode, image_check, seeds, sources
-from relic.errors import ConfigError
+from relic.errors import ConfigError, Problems
 
 _BLOCKS_PER_PROCESS = 16
 _MIN_BLOCK_SIZE = 1000
@@ -42,9 +44,15 @@ class DatasetMissingError(RuntimeError):
   """The tfds dataset is not prepared in the data_dir; the message says how to prepare it."""
 
 
-def missing_message(name: str, data_dir: str, error: Exception) -> str:
+def default_data_dir() -> str:
+  """Where tfds looks when ``config.data.data_dir`` is empty: $TFDS_DATA_DIR, else
+  ~/tensorflow_datasets."""
+  return os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+
+
+def missing_message(name: str, data_dir: str, error: Exception | str) -> str:
   """What was looked for, and the commands that provide it."""
-  builder_dir = data_dir or "~/tensorflow_datasets"
+  builder_dir = data_dir or default_data_dir()
   if name in MANUAL_DOWNLOADS:
     steps = (f"{name} needs a manual download: put {MANUAL_DOWNLOADS[name]} in "
              f"{builder_dir}/downloads/manual/, then run "
@@ -54,7 +62,36 @@ def missing_message(name: str, data_dir: str, error: Exception) -> str:
     steps = (f"run `tfds build {name} --data_dir={builder_dir}` on a machine with internet "
              "access (copy the resulting folder here if this one has none)")
   return (f"tfds dataset {name!r} is not prepared in data_dir={builder_dir!r} ({error}). "
-          f"To provide it: {steps}; set config.data.data_dir if it lives elsewhere.")
+          f"Fix: {steps}; or set config.data.data_dir to the directory that holds it.")
+
+
+def _prepared_infos(name: str, data_dir: str) -> list[str]:
+  """The ``dataset_info.json`` files a prepared ``name`` ('NAME[/CONFIG][:VERSION]') has under
+  ``data_dir``: tfds's layout ``DATA_DIR/NAME/[CONFIG/]VERSION/dataset_info.json``."""
+  name, _, version = name.partition(":")
+  version = version.replace("*", "[0-9]*") or "[0-9]*"
+  root = os.path.join(os.path.expanduser(data_dir), *name.split("/"))
+  found = glob.glob(os.path.join(glob.escape(root), version, "dataset_info.json"))
+  if "/" not in name:  # no config named: the builder's default one (any config here)
+    found += glob.glob(os.path.join(glob.escape(root), "*", version, "dataset_info.json"))
+  return found
+
+
+def check_prepared(name: str, data_dir: str, field: str = "dataset") -> None:
+  """ConfigError (on ``config.data.FIELD``) when tfds dataset ``name`` is not prepared in
+  ``data_dir`` (empty: :func:`default_data_dir`), looked up on disk without importing
+  TensorFlow, so a missing dataset stops the run at once. A necessary condition only: the
+  builder check that follows reads the metadata. Skipped for remote directories and once tfds
+  is imported (a Python caller, tfds.testing.mock_data): tfds itself then decides."""
+  builder_dir = data_dir or default_data_dir()
+  if "://" in builder_dir or "tensorflow_datasets" in sys.modules:
+    return
+  if not _prepared_infos(name, builder_dir):
+    where = os.path.join(builder_dir, *name.partition(":")[0].split("/"))
+    catalog = ("" if name.partition(":")[0] in MANUAL_DOWNLOADS else
+               "; check the name against the catalog, https://www.tensorflow.org/datasets/catalog")
+    raise ConfigError(f"config.data.{field}: " + missing_message(
+        name, data_dir, f"no {where}/.../dataset_info.json{catalog}"))
 
 
 class TfdsSource(sources.Source):
@@ -116,7 +153,12 @@ class TfdsSource(sources.Source):
 
   @classmethod
   def check(cls, data: ml_collections.ConfigDict) -> None:
-    needs_masks = sources.check_mask_folder(data)
+    # The mask folder and the dataset's presence, on disk (no TensorFlow), reported together;
+    # then the builder's metadata.
+    problems = Problems()
+    needs_masks = problems.check(sources.check_mask_folder, data)
+    problems.check(check_prepared, data.dataset, data.data_dir)
+    problems.raise_if_any()
     try:
       source = cls(data)
     except tfds.core.DatasetNotFoundError as e:

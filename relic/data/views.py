@@ -13,8 +13,8 @@ import dataclasses
 from typing import Callable
 
 import ml_collections
-import tensorflow as tf
 
+from relic.data.lazy_tf import tf
 from relic.data import augment_spec, augment_tf, crops, seeds
 
 # The centre crop of evaluation: 224 of 256, i.e. 0.875 of the short side.

@@ -13,8 +13,8 @@ import pathlib
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
+from relic.data.lazy_tf import tf
 from relic.data import decode, sources, splits
 
 IGNORE = sources.IGNORE

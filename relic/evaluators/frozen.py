@@ -27,6 +27,12 @@ def _process_count() -> int:
   return jax.process_count()
 
 
+def labelled_split(config) -> str:
+  """The labelled training split of pretraining's evaluators: ``data.labelled_split``, else
+  ``data.train_split`` (STL-10 pretrains on 'unlabelled+train' and scores on 'train')."""
+  return config.data.get("labelled_split", "") or config.data.train_split
+
+
 def split_features(config, encoder, variables: Any, mesh, split: str,
                    max_examples: int) -> tuple[np.ndarray, np.ndarray]:
   from relic.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -39,7 +45,7 @@ def split_features(config, encoder, variables: Any, mesh, split: str,
 def evaluate_frozen(config, encoder, variables: Any, mesh, num_classes: int) -> dict[str, Any]:
   """Linear classifier (L2 chosen on a held-out slice of train) and kNN on frozen features,
   for the eval split and every extra split in ``config.final_eval.extra_splits``."""
-  train_x, train_y = split_features(config, encoder, variables, mesh, config.data.train_split,
+  train_x, train_y = split_features(config, encoder, variables, mesh, labelled_split(config),
                                     config.final_eval.num_train_examples)
   # One classifier (its L2 strength chosen once on train) scores every split.
   model, chosen = linear.select_and_fit(train_x, train_y, num_classes=num_classes,

@@ -16,7 +16,8 @@ class Evaluator:
   def run(self, variables: Any) -> dict[str, float]:
     config = self._config
     bank_x, bank_y = frozen.split_features(config, self._encoder, variables, self._mesh,
-                                           config.data.train_split, config.knn.num_train_examples)
+                                           frozen.labelled_split(config),
+                                           config.knn.num_train_examples)
     test_x, test_y = frozen.split_features(config, self._encoder, variables, self._mesh,
                                            config.data.eval_split,
                                            config.final_eval.num_test_examples)

@@ -15,6 +15,7 @@ from typing import Any
 from relic.interop.architecture import EncoderSpec, parse_arch, spec_from_variables
 from relic.interop.deepmind import haiku_to_relic, load_deepmind_encoder, read_deepmind_pickle
 from relic.interop.load import is_deepmind_pickle, load_encoder, model_from_config
+from relic.interop.projector import ProjectorSpec, haiku_mlp_to_relic, load_projector
 from relic.interop.shapes import check_variables
 from relic.interop.torchvision_names import to_torchvision_state_dict
 
@@ -23,6 +24,7 @@ _TORCH_API = {
     "load_state_dict": "relic.interop.torch_models",
     "to_torch": "relic.interop.torch_models",
     "run_nhwc": "relic.interop.torch_models",
+    "torch_projector": "relic.interop.torch_models",
     "convert_to_same_padding": "relic.interop.torch_same",
     "Conv2dSame": "relic.interop.torch_same",
     "MaxPool2dSame": "relic.interop.torch_same",
@@ -30,7 +32,8 @@ _TORCH_API = {
 
 __all__ = ["EncoderSpec", "parse_arch", "spec_from_variables", "haiku_to_relic",
            "load_deepmind_encoder", "read_deepmind_pickle", "is_deepmind_pickle", "load_encoder",
-           "model_from_config", "check_variables", "to_torchvision_state_dict", *_TORCH_API]
+           "model_from_config", "check_variables", "to_torchvision_state_dict", "ProjectorSpec",
+           "haiku_mlp_to_relic", "load_projector", *_TORCH_API]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,9 @@ after its class, e.g. ``res_net50``; the v1.5 stride sits on the 3x3 ``conv_1``,
   state: <batchnorm>/~/mean_ema, <batchnorm>/~/var_ema {'hidden', 'average', 'counter'}
 
 BatchNorm inference in Haiku reads the EMA's ``average`` (the zero-debiased ``hidden``), so that
-is what becomes relic's ``batch_stats``. Heads in the same dicts (projector, predictor,
-classifier) are ignored. The encoders were trained with TF 'SAME' padding: the imported model
+is what becomes relic's ``batch_stats``. Heads in the same dicts are not part of the encoder:
+the projector and predictor MLPs are read by relic/interop/projector.py, the classifier is
+ignored. The encoders were trained with TF 'SAME' padding: the imported model
 uses ``ResNet(padding='same')`` and reproduces their features exactly.
 """
 

@@ -9,9 +9,14 @@ DIR then loads like a relic pretraining workdir (``--config.pretrained=DIR``,
                                 written by relic.checkpoints.write_config;
   DIR/checkpoints/0/            a relic checkpoint (relic.checkpoints.Checkpointer, step 0):
     state                       Orbax StandardSave of
-                                {'online_params': {'encoder': params},
-                                 'online_batch_stats': {'encoder': batch_stats}},
-                                the pretraining state's names, encoder only;
+                                {'online_params': {'encoder': params, ['projector': ...,
+                                                   'predictor': ...]},
+                                 'online_batch_stats': {the same groups}},
+                                the pretraining state's names: the encoder, and the
+                                pickle's projector (and predictor) MLP when it holds a
+                                complete one, with config.model.projector_hidden_dim,
+                                projector_output_dim and projector_last_bias read from its
+                                weights (BYOL's MLP has no bias on its last Linear);
     meta                        JSON {'config': <the same config>}.
 """
 
@@ -23,13 +28,15 @@ from absl import app, flags, logging
 
 from relic.interop.architecture import EncoderSpec
 from relic.interop.deepmind import PADDING, haiku_to_relic, read_deepmind_pickle
+from relic.interop.projector import deepmind_heads
 
 STEP = 0
 
 
 def write_encoder_checkpoint(out: str, spec: EncoderSpec, variables: Mapping[str, Any],
-                             padding: str) -> None:
-  """Writes ``variables`` of ``spec.model(padding)`` as a relic workdir (see module docstring)."""
+                             padding: str, heads: Mapping[str, Any] | None = None) -> None:
+  """Writes ``variables`` of ``spec.model(padding)`` as a relic workdir (see module docstring);
+  ``heads``: ``{'projector' | 'predictor': (ProjectorSpec, variables)}`` written beside it."""
   from relic import checkpoints, config as config_lib  # pylint: disable=import-outside-toplevel
 
   config = config_lib.base_config()
@@ -37,6 +44,10 @@ def write_encoder_checkpoint(out: str, spec: EncoderSpec, variables: Mapping[str
     config.model[key] = value
   state = {"online_params": {checkpoints.ENCODER: dict(variables["params"])},
            "online_batch_stats": {checkpoints.ENCODER: dict(variables["batch_stats"])}}
+  for name, (head_spec, head_variables) in (heads or {}).items():
+    config.model.update(head_spec.model_config(name))
+    state["online_params"][name] = dict(head_variables["params"])
+    state["online_batch_stats"][name] = dict(head_variables["batch_stats"])
   with checkpoints.Checkpointer(out, keep=1, async_save=False) as checkpointer:
     if checkpointer.latest_step() is not None:
       raise ValueError(f"{checkpointer.directory} already holds checkpoints; choose an empty "
@@ -49,8 +60,10 @@ def import_deepmind(checkpoint: str, out: str, arch: str | None = None) -> Encod
   """Converts ``checkpoint`` (a DeepMind pickle) into the relic workdir ``out``."""
   params, state = read_deepmind_pickle(checkpoint)
   spec, variables = haiku_to_relic(params, state, arch)
-  write_encoder_checkpoint(out, spec, variables, PADDING)
-  logging.info("Imported %s from %s into %s.", spec.describe(), checkpoint, out)
+  heads = deepmind_heads(params, state, spec.model().num_features)
+  write_encoder_checkpoint(out, spec, variables, PADDING, heads)
+  logging.info("Imported %s%s from %s into %s.", spec.describe(),
+               "".join(f" + {name} {head[0]}" for name, head in heads.items()), checkpoint, out)
   return spec
 
 

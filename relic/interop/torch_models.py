@@ -100,6 +100,15 @@ def to_torch(variables: Mapping[str, Any], *, padding: str = "torchvision",
   return load_state_dict(model, state).eval()
 
 
+def torch_projector(input_dim: int, hidden_dim: int, output_dim: int,
+                    last_bias: bool = False) -> nn.Sequential:
+  """relic's / BYOL's projector MLP in torch: Linear(D, H) -> BatchNorm1d(H) -> ReLU ->
+  Linear(H, O, bias=last_bias); takes :func:`relic.interop.projector.to_torch_state_dict`.
+  Call ``.eval()`` for the BatchNorm running statistics, as relic's features are."""
+  return nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.BatchNorm1d(hidden_dim, eps=1e-5),
+                       nn.ReLU(), nn.Linear(hidden_dim, output_dim, bias=last_bias))
+
+
 def run_nhwc(model: nn.Module, images: Any) -> np.ndarray:
   """``model`` on NHWC images in [0, 1] (relic's convention): normalised, NCHW, float32."""
   images = (np.asarray(images, np.float32) - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(

@@ -16,6 +16,19 @@ JOBS = {
     "segmentation": "relic.jobs.segmentation",
     "knn": "relic.jobs.knn",
 }
+# One line per job, for ``relic --help``.
+SUMMARIES = {
+    "pretrain": "ReLICv2 pretraining of a ResNet, then the evaluators of config.evaluators.final",
+    "linear_probe": "the official linear evaluation of a frozen pretrained encoder "
+                    "(config.pretrained)",
+    "finetune": "the whole pretrained network + a linear head trained on labels (1% / 10% "
+                "ImageNet subsets)",
+    "transfer": "linear and fine-tune transfer to other datasets (config.transfer.datasets)",
+    "robustness": "a linear probe's ImageNet head on shifted test sets (ImageNet-V2/R/Sketch/C, "
+                  "ObjectNet)",
+    "segmentation": "semantic segmentation transfer, FCN-16s, mIoU (PASCAL VOC 2012, Cityscapes)",
+    "knn": "weighted kNN top-1 of a pretrained encoder's frozen features",
+}
 
 
 def get_job(name: str):

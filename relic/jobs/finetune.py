@@ -8,14 +8,18 @@ from typing import Any
 
 from relic.checkpoints import pretrained as eval_pretrained, results as eval_results
 from relic.data import pipeline
+from relic.errors import Problems
 from relic.train import finetune, sweep as sweep_lib
 
 
 def validate(config) -> None:
-  """Fine-tune-specific checks, before any compute."""
-  eval_pretrained.check_pretrained(config)
-  finetune.check_settings(config)
-  pipeline.check_data_config(finetune.data_config(config))
+  """Fine-tune-specific checks, before any compute: the encoder's path, the settings and the
+  data's presence reported together (no TensorFlow), then the labelled subset."""
+  problems = Problems()
+  problems.check(eval_pretrained.check_pretrained, config)
+  problems.check(finetune.check_settings, config)
+  problems.check(pipeline.check_data_config, finetune.data_config(config))
+  problems.raise_if_any()
   finetune.check_data(config)
 
 

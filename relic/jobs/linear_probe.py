@@ -1,15 +1,18 @@
 """``config.job = 'linear_probe'``: the official ReLICv2 linear evaluation of a frozen encoder.
 
-Protocol (method.md section 5, the official evaluation config): the online encoder is frozen
-with BatchNorm in inference mode; one linear layer on its pooled features is trained with SGD,
-Nesterov momentum 0.9, no weight decay, rate ``base_lr * batch / 256`` (0.3 at batch 1024)
-decayed by a cosine to 0 over 100 epochs, on random-resized crops + flips; the test image is the
-centre crop of 224/256 of the short side. The rate is chosen on the held-out ``train[:10000]``
-and the head trained on ``train[10000:]`` is the one reported on the test split.
+Protocol (DeepMind's released evaluation, google-deepmind/relicv2 configs/eval.py with
+eval_experiment.py and main_loop.py's flags; configs/linear_probe.py lists every value): the
+online encoder is frozen with BatchNorm in inference mode; one linear layer (``hk.Linear``'s
+default init, ``linear_probe.head_init='haiku'``) on its pooled features is trained with SGD,
+Nesterov momentum 0.9, no weight decay, rate ``0.3 * batch / 256`` without warm-up, decayed by
+a cosine to 0 over 100 epochs of batch 1024, on random-resized crops + flips of all 1,281,167
+training images (their TRAIN_AND_VALID: no hold-out); the test image is the centre crop of
+224/256 of the short side, and the ImageNet validation set is the reported test set.
 
-All rates of ``linear_probe.lr_grid`` are trained side by side on the same batches (one
-encoder pass serves them all, see relic/evaluators/linear_heads.py), so the sweep costs about
-one run. With ``train_augment=False`` and ``precompute_features=True`` the features are
+``configs/linear_probe.py:sweep`` (relic's option, not DeepMind's) instead trains every rate of
+``linear_probe.lr_grid`` on ``train[10000:]``, chooses on the held-out ``train[:10000]`` and
+reports the chosen head. The rates are trained side by side on the same batches (one encoder
+pass serves them all, see relic/train/heads_step.py), so the sweep costs about one run. With ``train_augment=False`` and ``precompute_features=True`` the features are
 computed once and the heads train on the cache, which takes minutes instead of hours.
 
 Outputs in the workdir: ``results.json`` / ``results.md`` (hold-out top-1 per rate, test top-1
@@ -39,18 +42,23 @@ from relic.evaluators.progress import Progress
 from relic.checkpoints import pretrained as eval_pretrained, results as eval_results
 from relic.checkpoints.probe_head import save_probe_head
 from relic.data import examples as eval_examples
+from relic.models import HEAD_INITS
 
 # Fields that must match to resume the heads of an interrupted run.
 _RESUME_FIELDS = ("batch_size", "num_epochs", "lr_grid", "momentum", "weight_decay",
-                  "holdout_examples", "image_size", "train_augment", "precompute_features")
+                  "holdout_examples", "image_size", "train_augment", "precompute_features",
+                  "head_init")
 
 
 def validate(config) -> None:
-  """Probe-specific checks, before any compute."""
+  """Probe-specific checks, before any compute: the encoder's path, the settings and the
+  data's presence reported together (no TensorFlow), then the labels."""
   lp = config.linear_probe
-  eval_pretrained.check_pretrained(config)
+  problems = errors.Problems()
+  problems.check(eval_pretrained.check_pretrained, config)
 
-  require = lambda ok, field, problem, fix: errors.require(ok, f"linear_probe.{field}", problem, fix)
+  require = lambda ok, field, problem, fix: problems.require(ok, f"linear_probe.{field}", problem,
+                                                             fix)
 
   require(lp.batch_size > 0, "batch_size", f"must be > 0, got {lp.batch_size}", "use e.g. 1024")
   require(lp.num_epochs > 0, "num_epochs", f"must be > 0, got {lp.num_epochs}", "use e.g. 100")
@@ -65,7 +73,10 @@ def validate(config) -> None:
           "cached features need un-augmented training images (train_augment=True)",
           "set linear_probe.train_augment=False, or precompute_features=False")
   require(lp.image_size > 0, "image_size", f"must be > 0, got {lp.image_size}", "use e.g. 224")
-  pipeline.check_data_config(eval_examples.eval_data_config(config))
+  require(lp.head_init in HEAD_INITS, "head_init", f"unknown init {lp.head_init!r}",
+          f"choose one of {HEAD_INITS} ('haiku': DeepMind's hk.Linear default)")
+  problems.check(pipeline.check_data_config, eval_examples.eval_data_config(config))
+  problems.raise_if_any()
   pipeline.check_single_label(config, "the linear_probe job")
 
 
@@ -155,7 +166,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   total = schedules.epochs_to_steps(lp.num_epochs, num_fit, lp.batch_size)
   rates = peak_rates(config)
   optimizer = linear_heads.heads_optimizer(lp.momentum, lp.weight_decay)
-  state = linear_heads.init_heads(len(rates), encoder.num_features, num_classes, optimizer)
+  state = linear_heads.init_heads(len(rates), encoder.num_features, num_classes, optimizer,
+                                  init=lp.head_init, rng=jax.random.key(config.seed))
   frozen = parallel.replicate(variables, mesh)
   logging.info("Linear probe: %d heads (peak rates %s) on %s (%d examples), %d steps of batch "
                "%d, %d classes, hold-out %s.", len(rates), rates, fit_split, num_fit, total,
@@ -254,7 +266,7 @@ def _evaluate(config, encoder, state, frozen, mesh, process_batch: int, num_clas
       "sweep": sweep, "test": test, "encoder_unchanged": True,
       "settings": {"batch_size": lp.batch_size, "num_epochs": lp.num_epochs,
                    "train_augment": lp.train_augment, "image_size": lp.image_size,
-                   "precompute_features": lp.precompute_features},
+                   "precompute_features": lp.precompute_features, "head_init": lp.head_init},
   }
 
 

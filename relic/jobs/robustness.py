@@ -25,12 +25,11 @@ from absl import logging
 from etils import epath
 
 from relic import checkpoints, parallel
-from relic.errors import ConfigError, check_each
+from relic.errors import ConfigError, Problems, check_each
 from relic.data import examples, pipeline, splits
 from relic.evaluators import accuracy, class_subsets
 from relic.evaluators.progress import Progress
 from relic.data.robustness_sets import TestSet, resolve, set_config
-from relic.metrics import MetricsLogger
 from relic.models import LinearHead
 
 PARTIAL = "results.partial.json"
@@ -66,11 +65,13 @@ def validate(config) -> None:
   """Checks the probe, the encoder and that every test set is readable, before any compute."""
   r = config.robustness
   _, record = _load_probe(config)
-  checkpoints.check_pretrained(_with_pretrained(config, record))
+  problems = Problems()  # the encoder, the settings and every test set, reported together
+  problems.check(checkpoints.check_pretrained, _with_pretrained(config, record))
   if r.batch_size <= 0 or r.image_size < 0 or r.max_examples < 0:
-    raise ConfigError(f"config.robustness: batch_size must be > 0 and image_size, max_examples "
-                      f">= 0, got {r.batch_size}, {r.image_size}, {r.max_examples}. Fix: use "
-                      "e.g. batch_size=1024, image_size=0 (the probe's), max_examples=0.")
+    problems.add(ConfigError(
+        f"config.robustness: batch_size must be > 0 and image_size, max_examples >= 0, got "
+        f"{r.batch_size}, {r.image_size}, {r.max_examples}. Fix: use e.g. batch_size=1024, "
+        "image_size=0 (the probe's), max_examples=0."))
 
   def check(test_set: TestSet) -> None:
     cfg = set_config(examples.eval_data_config(config), test_set)
@@ -78,8 +79,9 @@ def validate(config) -> None:
     pipeline.check_data_config(cfg)
     _check_label_space(test_set, int(pipeline.num_classes(cfg)), int(record["num_classes"]))
 
-  check_each({t.name: t for t in resolve(config)}, check, "robustness test sets cannot be used",
-             "robustness.datasets")
+  problems.check(lambda: check_each({t.name: t for t in resolve(config)}, check,
+                                    "robustness test sets cannot be used", "robustness.datasets"))
+  problems.raise_if_any()
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -119,6 +121,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       done = saved["sets"]
       logging.info("Reusing %d finished test sets from %s.", len(done), partial_path)
   progress = Progress("robustness", sum(n for t, _, _, n in plan if t.name not in done))
+  from relic.metrics import MetricsLogger  # pylint: disable=import-outside-toplevel
   logger = MetricsLogger(workdir, total_steps=len(plan), global_batch_size=r.batch_size)
   for index, (test_set, cfg, split, _) in enumerate(plan):
     if test_set.name not in done:

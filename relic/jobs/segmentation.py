@@ -46,11 +46,14 @@ _RESUME_FIELDS = ("crop_size", "min_scale", "max_scale", "output_stride", "head_
 
 
 def validate(config) -> None:
-  """Settings and data, before any compute."""
-  eval_pretrained.check_pretrained(config)
+  """Settings and data, before any compute: the encoder's path, the settings and the data
+  reported together (no TensorFlow for the VOC folder and the built-in data), then the hold-out."""
+  problems = errors.Problems()
+  problems.check(eval_pretrained.check_pretrained, config)
   s = config.segmentation
 
-  require = lambda ok, field, problem, fix: errors.require(ok, f"segmentation.{field}", problem, fix)
+  require = lambda ok, field, problem, fix: problems.require(ok, f"segmentation.{field}", problem,
+                                                             fix)
 
   require(s.batch_size > 0 and s.batch_size % jax.device_count() == 0, "batch_size",
           f"must be a positive multiple of the {jax.device_count()} devices, got {s.batch_size}",
@@ -74,12 +77,13 @@ def validate(config) -> None:
           "use e.g. (0.7, 0.9)")
   require(s.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {s.keep_checkpoints}",
           "use e.g. 2")
-  seg_data.check(config)
+  problems.check(seg_data.check, config)
+  problems.raise_if_any()
   if len(s.lr_grid) > 1:
     num_train = seg_data.num_examples(config, config.data.train_split)
-    require(0 < s.holdout_examples < num_train, "holdout_examples",
-            f"a hold-out of {s.holdout_examples} needs 0 < N < the {num_train} training images",
-            "lower it, or give a single rate")
+    errors.require(0 < s.holdout_examples < num_train, "segmentation.holdout_examples",
+                   f"a hold-out of {s.holdout_examples} needs 0 < N < the {num_train} training "
+                   "images", "lower it, or give a single rate")
 
 
 def train(config, run_dir: str, net: SegmentationNet, variables: dict, info: dict[str, Any],

@@ -31,7 +31,7 @@ from etils import epath
 
 from relic import checkpoints, parallel
 from relic.checkpoints.results import METRIC_KEYS
-from relic.errors import ConfigError, check_each
+from relic.errors import ConfigError, Problems, check_each
 from relic.data import examples, pipeline
 from relic.evaluators import features as features_lib, linear, multilabel
 from relic.evaluators.progress import Progress
@@ -60,15 +60,18 @@ def protocols(config) -> list[str]:
 
 
 def validate(config) -> None:
-  """Every dataset must be readable before the first one is evaluated."""
-  checkpoints.check_pretrained(config)
+  """Every dataset must be readable before the first one is evaluated; the encoder's path, the
+  settings and every dataset are checked together."""
   t = config.transfer
+  problems = Problems()
+  problems.check(checkpoints.check_pretrained, config)
   if t.batch_size <= 0 or t.image_size <= 0 or not 0 < t.val_fraction < 1 or t.max_iter <= 0:
-    raise ConfigError(f"config.transfer: need batch_size > 0, image_size > 0, 0 < val_fraction "
-                      f"< 1, max_iter > 0; got {t.batch_size}, {t.image_size}, "
-                      f"{t.val_fraction}, {t.max_iter}. Fix: e.g. 256, 224, 0.2, 1000.")
+    problems.add(ConfigError(
+        f"config.transfer: need batch_size > 0, image_size > 0, 0 < val_fraction < 1, "
+        f"max_iter > 0; got {t.batch_size}, {t.image_size}, {t.val_fraction}, {t.max_iter}. "
+        "Fix: e.g. 256, 224, 0.2, 1000."))
   if "finetune" in protocols(config):
-    finetune.check_settings(config)
+    problems.check(finetune.check_settings, config)
 
   def check(dataset: TransferDataset) -> None:
     cfg = examples.eval_data_config(dataset_config(config, dataset))
@@ -76,8 +79,9 @@ def validate(config) -> None:
     if "finetune" in protocols(config):
       finetune.check_data(cfg)
 
-  check_each({d.name: d for d in datasets(config)}, check, "transfer datasets cannot be read",
-             "transfer.datasets")
+  problems.check(lambda: check_each({d.name: d for d in datasets(config)}, check,
+                                    "transfer datasets cannot be read", "transfer.datasets"))
+  problems.raise_if_any()
 
 
 def _counted(batches: Iterable[dict], progress: Progress) -> Iterator[dict]:

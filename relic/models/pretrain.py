@@ -2,7 +2,7 @@
 
 Online network: encoder + projector ("comparison net") [+ optional BYOL-style predictor].
 Target network: the same encoder + projector, whose parameters are an EMA of the online ones
-(see relic/train_state.py); it keeps its own BatchNorm statistics, as in BYOL.
+(see relic/train/states.py); it keeps its own BatchNorm statistics, as in BYOL.
 """
 
 from __future__ import annotations
@@ -37,16 +37,20 @@ class RelicNetwork(nn.Module):
   projector_output_dim: int = 256
   predictor: bool = False
   predictor_hidden_dim: int = 4096
+  # The last Linear of the projector and of the predictor: no bias, as BYOL's MLP.
+  projector_last_bias: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False):
     features = self.encoder(images, train=train)  # a submodule named "encoder"
     projection = MLP(self.projector_hidden_dim, self.projector_output_dim,
-                     dtype=self.encoder.dtype, name="projector")(features, train=train)
+                     dtype=self.encoder.dtype, last_bias=self.projector_last_bias,
+                     name="projector")(features, train=train)
     output = projection
     if self.predictor:
       output = MLP(self.predictor_hidden_dim, self.projector_output_dim,
-                   dtype=self.encoder.dtype, name="predictor")(projection, train=train)
+                   dtype=self.encoder.dtype, last_bias=self.projector_last_bias,
+                   name="predictor")(projection, train=train)
     return features, projection, output
 
 
@@ -55,6 +59,8 @@ def networks_from_config(model_config: Mapping[str, Any]) -> tuple[RelicNetwork,
   encoder = encoder_from_config(model_config)
   common = dict(encoder=encoder, projector_hidden_dim=model_config["projector_hidden_dim"],
                 projector_output_dim=model_config["projector_output_dim"],
-                predictor_hidden_dim=model_config["predictor_hidden_dim"])
+                predictor_hidden_dim=model_config["predictor_hidden_dim"],
+                # Configs saved before the field existed had the bias.
+                projector_last_bias=bool(model_config.get("projector_last_bias", True)))
   return (RelicNetwork(predictor=bool(model_config["predictor"]), **common),
           RelicNetwork(predictor=False, **common))

@@ -55,14 +55,15 @@ from relic.checkpoints import results as eval_results
 from relic.data.examples import (Examples, dataset_name, eval_data_config,
                                       file_list_subset, label_fraction_subset, named_part_problem,
                                       split_labels)
-from relic.models import LinearHead
+from relic.models import HEAD_INITS, linear_head_params
 from relic.train.states import FinetuneState
 
 SUBSETS = {"1pct": 0.01, "10pct": 0.1, "full": 0.0}
 TFDS_SUBSET_DATASETS = ("imagenet2012",)   # datasets with SimCLR's lists in tfds
 _RESUME_FIELDS = ("subset", "label_fraction", "subset_seed", "subset_file", "batch_size",
                   "num_epochs",
-                  "momentum", "weight_decay", "warmup_epochs", "image_size", "head_lr_multiplier")
+                  "momentum", "weight_decay", "warmup_epochs", "image_size", "head_lr_multiplier",
+                  "head_init")
 
 
 def check_data(config) -> None:
@@ -84,8 +85,10 @@ def check_data(config) -> None:
 
 
 def check_settings(config) -> None:
+  """The ``config.finetune`` fields; one ConfigError lists every one that fails."""
   ft = config.finetune
-  require = lambda ok, field, problem, fix: errors.require(ok, f"finetune.{field}", problem, fix)
+  problems = errors.Problems()
+  require = lambda ok, field, problem, fix: problems.require(ok, f"finetune.{field}", problem, fix)
   require(ft.subset in SUBSETS, "subset", f"unknown subset {ft.subset!r}",
           f"choose one of {sorted(SUBSETS)}")
   require(0.0 <= ft.label_fraction <= 1.0, "label_fraction",
@@ -104,8 +107,11 @@ def check_settings(config) -> None:
   require(ft.holdout_examples >= 0, "holdout_examples", f"must be >= 0, got {ft.holdout_examples}",
           "use 0 (10% of the training examples) or a count")
   require(ft.image_size > 0, "image_size", f"must be > 0, got {ft.image_size}", "use e.g. 224")
+  require(ft.head_init in HEAD_INITS, "head_init", f"unknown init {ft.head_init!r}",
+          f"choose one of {HEAD_INITS} ('haiku': DeepMind's hk.Linear default)")
   require(ft.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {ft.keep_checkpoints}",
           "use e.g. 2")
+  problems.raise_if_any()
 
 
 def label_fraction(config) -> float:
@@ -160,8 +166,8 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
   num_train = examples.size()
   total = schedules.epochs_to_steps(ft.num_epochs, num_train, ft.batch_size)
   optimizer, schedule = finetune_step.make_optimizer(config, total, base_lr, num_train)
-  head = LinearHead(num_classes).init(jax.random.key(config.seed),
-                                      jnp.zeros((1, encoder.num_features)))["params"]
+  head = linear_head_params(ft.head_init, jax.random.key(config.seed), encoder.num_features,
+                            num_classes)
   params = {"encoder": variables["params"], "head": head}
   state = FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
                         batch_stats={"encoder": variables["batch_stats"]},

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from relic import schedules
-from relic.models import LinearHead
+from relic.models import LinearHead, linear_head_params
 
 
 @flax.struct.dataclass
@@ -48,9 +48,14 @@ def heads_optimizer(momentum: float, weight_decay: float = 0.0,
 
 
 def init_heads(num_heads: int, num_features: int, num_classes: int,
-               optimizer: optax.GradientTransformation) -> HeadsState:
-  """K zero-initialised heads (LinearHead's init) and their optimiser state."""
-  one = LinearHead(num_classes).init(jax.random.key(0), jnp.zeros((1, num_features)))["params"]
+               optimizer: optax.GradientTransformation, init: str = "zeros",
+               rng: jax.Array | None = None) -> HeadsState:
+  """K heads and their optimiser state. ``init``: 'haiku' (DeepMind's linear evaluation:
+  ``hk.Linear``'s default, drawn from ``rng``) or 'zeros' (see
+  :func:`relic.models.heads.linear_head_params`). Every head starts from the same draw, so a
+  rate sweep compares rates, not initialisations."""
+  one = linear_head_params(init, jax.random.key(0) if rng is None else rng, num_features,
+                           num_classes)
   params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_heads, *x.shape)).copy(), one)
   return HeadsState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params))

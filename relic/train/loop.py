@@ -26,14 +26,12 @@ from absl import logging
 from relic import preemption, resume_check
 from relic.train.divergence import Divergence
 from relic.checkpoints import Checkpointer, config_to_json
-from relic.metrics import MetricsLogger
+
 
 @dataclasses.dataclass
 class Periodic:
-  """An evaluation the loop runs every ``every_steps`` steps and after the last step.
-
-  ``run(state, step)`` returns scalars, logged under ``prefix``.
-  """
+  """``run(state, step) -> scalars``, logged under ``prefix`` every ``every_steps`` steps and
+  after the last step."""
   every_steps: int
   run: Callable[[Any, int], Mapping[str, float]]
   prefix: str = "monitor"
@@ -41,29 +39,18 @@ class Periodic:
 
 @dataclasses.dataclass
 class Run:
-  """What a job hands the loop.
-
-  Attributes:
-    name: what is trained, for messages ('Pretraining', 'Fine-tuning at base lr 0.05').
-    workdir: the run directory: ``checkpoints/``, ``metrics.jsonl`` and TensorBoard events.
-    state: the initial state, laid out on the devices; a flax struct with ``step``,
-      ``to_dict()`` and ``replace_from_dict()``.
-    step_fn: the jitted ``(state, batch) -> (state, metrics)``, wrapped by
-      :func:`relic.train.divergence.guarded` (its metrics carry 'finite').
-    batches: ``start_step -> iterator`` of device batches from that step on; ``close()`` is
-      called on it, when it has one, as the loop ends.
-    total_steps: the length of training.
-    global_batch: examples per step, for images/s.
-    meta: JSON saved next to every checkpoint (the config, the encoder's fingerprint, ...).
-    check_resume: ``meta -> None``, raises ConfigError when the checkpoint found belongs to
-      another run.
-    log_every_steps, checkpoint_every_steps: the cadence (the last step always logs and saves).
-    stop_at_step: > 0: checkpoint and stop there (time-sliced schedulers).
-    keep_checkpoints, keep_every_steps: retention.
-    nan_policy, max_skipped_steps: the divergence policy.
-    periodic: evaluations during training.
-    log_metrics: ``host metrics -> scalars`` to log (default: every metric but 'finite').
-  """
+  """What a job hands the loop: what is trained (``name``, for messages), where (``workdir``:
+  ``checkpoints/``, ``metrics.jsonl``, TensorBoard events), the initial ``state`` on the devices
+  (a flax struct with ``step``, ``to_dict()``, ``replace_from_dict()``), the jitted ``step_fn``
+  ``(state, batch) -> (state, metrics)`` wrapped by :func:`relic.train.divergence.guarded`,
+  ``batches(start_step)`` (an iterator from that step on; closed at the end when it can be),
+  the length and examples per step, the JSON ``meta`` saved with every checkpoint and
+  ``check_resume(meta)`` (raises ConfigError for another run's checkpoint), the cadence (the
+  last step always logs and saves; ``stop_at_step`` > 0 saves and stops there), retention, the
+  divergence policy, ``periodic`` evaluations and ``log_metrics`` (host metrics -> the scalars
+  to log; default: all but 'finite'). ``images(state, batch)``, when given, runs on every
+  process before the first step of a run that starts at step 0, and the images it returns go
+  to TensorBoard at step 0. The loop writes ``meta['config']`` as TensorBoard hparams."""
   name: str
   workdir: str
   state: Any
@@ -82,12 +69,13 @@ class Run:
   max_skipped_steps: int = 0
   periodic: tuple[Periodic, ...] = ()
   log_metrics: Callable[[dict], Mapping[str, Any]] | None = None
+  images: Callable[[Any, Any], Mapping[str, np.ndarray]] | None = None
 
 
 @dataclasses.dataclass
 class Outcome:
-  """How :func:`train` ended: the state, the last step's metrics (host floats), and whether it
-  stopped early (SIGTERM or ``stop_at_step``: the checkpoint is written, the run unfinished)."""
+  """The state, the last step's metrics (host floats), and whether the run stopped early
+  (SIGTERM or ``stop_at_step``: the checkpoint is written, the run unfinished)."""
   state: Any
   metrics: dict[str, float]
   stopped: bool
@@ -152,9 +140,12 @@ def train(run: Run) -> Outcome:
       return Outcome(state, {}, stopped=False)
     guard = preemption.PreemptionGuard().install()
     cleanup.callback(guard.uninstall)
+    # Imported here: the metric writers load TensorFlow, which the start-up checks avoid.
+    from relic.metrics import MetricsLogger  # pylint: disable=import-outside-toplevel
     logger = MetricsLogger(run.workdir, total_steps=run.total_steps,
                            global_batch_size=run.global_batch)
     cleanup.callback(logger.close)
+    logger.write_hparams(run.meta.get("config") or {})
     batches = run.batches(start)
     if hasattr(batches, "close"):
       cleanup.callback(batches.close)  # stops the prefetch thread on every way out
@@ -165,7 +156,10 @@ def train(run: Run) -> Outcome:
     for step in range(start, run.total_steps):
       if step == start + 1:
         logger.start(step)  # time from the first compiled step on
-      state, metrics = run.step_fn(state, _next_batch(batches, step))
+      batch = _next_batch(batches, step)
+      if step == 0 and run.images is not None:
+        logger.write_images(0, run.images(state, batch))  # before the step donates the state
+      state, metrics = run.step_fn(state, batch)
       divergence.update(step, metrics["finite"])
       done = step + 1
       is_last = done == run.total_steps

@@ -3,6 +3,11 @@
 views in -> (on-device photometric augmentation) -> online forward on all views, target
 forward on the large views -> ReLICv2 loss over the global batch -> gradients -> optimiser ->
 EMA update of the target -> online probe update -> metrics out.
+
+``config.loss.objective`` swaps the loss and nothing else (views, networks, optimiser,
+schedule, probe): 'relicv2'; 'byol' (online predictions vs target projections, needs
+``model.predictor``); 'simclr' (NT-Xent between online projections, no target forward, no EMA);
+'supervised' (cross-entropy on the labels, no target). See relic/objectives.py.
 """
 
 from __future__ import annotations
@@ -52,6 +57,42 @@ def probe_loss_and_top1(probe: LinearHead, probe_params: Any, features: jax.Arra
   return loss, metrics["accuracy"]
 
 
+def step_rngs(state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The step's keys (large views, small views, loss): a pure function of the state's step."""
+  rng_large, rng_small, rng_loss = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+  return rng_large, rng_small, rng_loss
+
+
+def make_view_augmentation(config) -> Callable[[jax.Array, jax.Array, dict],
+                                               tuple[jax.Array, jax.Array | None]]:
+  """``(rng_large, rng_small, batch) -> (large, small)``: the views as the step's networks see
+  them, float32 in [0, 1] (``small`` None without small views). Photometric augmentation when
+  the pixels are uint8 crops (``config.data.augment_on_device``), else only the conversion.
+  """
+  augment = bool(config.data.augment_on_device)
+  if augment:
+    from relic.data import augment as augment_lib  # pylint: disable=import-outside-toplevel
+    from relic.data import views as views_lib  # pylint: disable=import-outside-toplevel
+    from relic.data import augment_spec  # pylint: disable=import-outside-toplevel
+    large_presets, small_presets = views_lib.view_presets(config)
+    photometric = augment_spec.Photometric.from_config(config.data)
+
+  def views(rng_large: jax.Array, rng_small: jax.Array, batch: dict):
+    large = batch["large"]
+    small = batch.get("small")
+    has_small = small is not None and small.shape[1] > 0
+    if augment:
+      large = augment_lib.augment_views(rng_large, large, large_presets, photometric)
+      small = (augment_lib.augment_views(rng_small, small, small_presets, photometric)
+               if has_small else None)
+    else:
+      large = _to_float_images(large)
+      small = _to_float_images(small) if has_small else None
+    return large, small
+
+  return views
+
+
 def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
                        optimizer: optax.GradientTransformation,  # from optim.step_scheduled
                        probe_optimizer: optax.GradientTransformation,
@@ -66,37 +107,29 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
   """
   loss_cfg = config.loss
   num_negatives = int(loss_cfg.num_negatives) or None
-  augment = bool(config.data.augment_on_device)
-  supervised = loss_cfg.objective == "supervised"
+  objective = loss_cfg.objective
+  if objective not in objectives.OBJECTIVES:
+    raise ValueError(f"Unknown loss.objective {objective!r}; choose one of "
+                     f"{objectives.OBJECTIVES}.")
+  supervised = objective == "supervised"
+  # ReLICv2 and BYOL compare with an EMA target; SimCLR (both branches online) and the
+  # supervised reference never run, read or update it.
+  uses_target = objective in objectives.TARGET_OBJECTIVES
   probe = LinearHead(num_classes) if num_classes else None
-  if augment:
-    from relic.data import augment as augment_lib  # pylint: disable=import-outside-toplevel
-    from relic.data import views as views_lib  # pylint: disable=import-outside-toplevel
-    from relic.data import augment_spec  # pylint: disable=import-outside-toplevel
-    large_presets, small_presets = views_lib.view_presets(config)
-    photometric = augment_spec.Photometric.from_config(config.data)
+  augment_views = make_view_augmentation(config)
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    rng = jax.random.fold_in(state.rng, state.step)
-    rng_large, rng_small, rng_loss = jax.random.split(rng, 3)
-    large = batch["large"]
-    small = batch.get("small")
-    has_small = small is not None and small.shape[1] > 0
-    if augment:
-      large = augment_lib.augment_views(rng_large, large, large_presets, photometric)
-      if has_small:
-        small = augment_lib.augment_views(rng_small, small, small_presets, photometric)
-    else:
-      large = _to_float_images(large)
-      small = _to_float_images(small) if has_small else None
+    rng_large, rng_small, rng_loss = step_rngs(state)
+    large, small = augment_views(rng_large, rng_small, batch)
+    has_small = small is not None
     num_large = large.shape[1]
     num_small = small.shape[1] if has_small else 0
 
     # Target branch: large views only, BN with batch statistics, its own running statistics;
-    # outside the gradient computation (stop-gradient by construction). The supervised
-    # reference has no use for it (its target stays an EMA of the online network).
+    # outside the gradient computation (stop-gradient by construction). SimCLR and the
+    # supervised reference have no use for it (their target keeps its initial values).
     target_stats = state.target_batch_stats
-    if not supervised:
+    if uses_target:
       (_, target_proj, _), target_updates = target.apply(
           {"params": state.target_params, "batch_stats": state.target_batch_stats},
           _merge_views(large), train=True, mutable=["batch_stats"])
@@ -114,12 +147,17 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
         (_, _, out_small), _ = online.apply(variables, _merge_views(small), train=True,
                                             mutable=["batch_stats"])
         outputs.append(_split_views(out_small, num_small))
+      outputs = jnp.concatenate(outputs, axis=0)      # (L + S, B, D), large views first
       if supervised:
-        loss, metrics = objectives.supervised_loss(jnp.concatenate(outputs, axis=0),
-                                                   batch["label"])
+        loss, metrics = objectives.supervised_loss(outputs, batch["label"])
+      elif objective == "byol":     # online predictions vs target projections
+        loss, metrics = objectives.byol_loss(outputs, target_proj)
+      elif objective == "simclr":   # online projections of every view, both sides of a pair
+        loss, metrics = objectives.simclr_loss(outputs, num_large=num_large,
+                                               temperature=loss_cfg.temperature)
       else:
         loss, metrics = objectives.relicv2_loss(
-            jnp.concatenate(outputs, axis=0), target_proj, temperature=loss_cfg.temperature,
+            outputs, target_proj, temperature=loss_cfg.temperature,
             beta=loss_cfg.beta, num_negatives=num_negatives, rng=rng_loss)
       return loss, (metrics, updates["batch_stats"], features)
 
@@ -130,9 +168,9 @@ def make_pretrain_step(config, *, online: RelicNetwork, target: RelicNetwork,
         grads, optim.set_learning_rate(state.opt_state, lr), state.online_params)
     online_params = optax.apply_updates(state.online_params, updates)
     rate = ema_rate(state.step)
-    # The supervised reference's target is never read: no EMA to keep.
-    target_params = (state.target_params if supervised else
-                     ema_update(state.target_params, online_params, rate))
+    # SimCLR's and the supervised reference's target is never read: no EMA to keep.
+    target_params = (ema_update(state.target_params, online_params, rate) if uses_target
+                     else state.target_params)
 
     probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
     if probe is not None:
