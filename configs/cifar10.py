@@ -4,7 +4,8 @@ Command (one GPU; the same command on more devices or a TPU VM):
   tfds build cifar10                      # once: download and prepare (tfds's command line)
   python -m relic.main --config=configs/cifar10.py --workdir=DIR
   A seconds-long CPU run of the same code paths: configs/cifar10.py:runlocal.
-Then linear evaluation (frozen encoder, relic's linear protocol on train at 32 px, test split):
+Then linear evaluation (frozen encoder, configs/linear_probe.py's protocol on train at 32 px,
+  test split):
   python -m relic.main --config=configs/cifar10.py:linear --config.pretrained=DIR --workdir=DIR_linear
 Recipe (relic/benchmark_configs.py): ResNet-18 with the CIFAR stem; 2 views of 32 px (8-100% of
   the image) + 2 of 18 px (8-50%), BYOL's colour augmentation without blur, no masking; LARS

@@ -4,7 +4,8 @@ Command (one GPU; the same command on more devices or a TPU VM):
   tfds build cifar100                     # once: download and prepare (tfds's command line)
   python -m relic.main --config=configs/cifar100.py --workdir=DIR
   A seconds-long CPU run of the same code paths: configs/cifar100.py:runlocal.
-Then linear evaluation (frozen encoder, relic's linear protocol on train at 32 px, test split):
+Then linear evaluation (frozen encoder, configs/linear_probe.py's protocol on train at 32 px,
+  test split):
   python -m relic.main --config=configs/cifar100.py:linear --config.pretrained=DIR --workdir=DIR_linear
 Recipe: the CIFAR-10 recipe (configs/cifar10.py, relic/benchmark_configs.py) on CIFAR-100's 100
   classes: ResNet-18 with the CIFAR stem, 2 x 32 px + 2 x 18 px views without blur, LARS base

@@ -1,12 +1,14 @@
 """ReLICv2 pretraining of a ResNet-18 on ImageNet-100 (solo-learn's 100 classes, 400 epochs).
 
-Build the dataset once (links to 100 class folders of an ImageNet train/ + val/ folder, as
-solo-learn's scripts/utils/make_imagenet100.py; the class list is relic/data/imagenet100.py):
+Build the dataset once: a link to each image of the 100 classes of an ImageNet folder with
+train/<wnid>/ and val/<wnid>/ (solo-learn's scripts/utils/make_imagenet100.py links the class
+folders; the class list, solo-learn's, is in relic/data/imagenet100.py):
   python -m relic.data.imagenet100 --imagenet=/data/imagenet --out=/data/imagenet100
 Command (one GPU; the same command on more devices or a TPU VM):
   python -m relic.main --config=configs/imagenet100.py --config.data.path=/data/imagenet100 --workdir=DIR
   A seconds-long CPU run of the same code paths: configs/imagenet100.py:runlocal.
-Then linear evaluation (frozen encoder, relic's linear protocol at 224 px, val split):
+Then linear evaluation (frozen encoder, configs/linear_probe.py's protocol at 224 px, val
+  split):
   python -m relic.main --config=configs/imagenet100.py:linear --config.data.path=/data/imagenet100 \
       --config.pretrained=DIR --workdir=DIR_linear
 Data: the image-folder source: train/ (about 1,300 images per class; the length counts the

@@ -4,7 +4,8 @@ Command (one GPU; the same command on more devices or a TPU VM):
   tfds build imagenette/160px-v2          # once: download and prepare
   python -m relic.main --config=configs/imagenette.py --workdir=DIR
   A seconds-long CPU run of the same code paths: configs/imagenette.py:runlocal.
-Then linear evaluation (frozen encoder, relic's linear protocol on train at 128 px):
+Then linear evaluation (frozen encoder, configs/linear_probe.py's protocol on train at
+  128 px, validation split):
   python -m relic.main --config=configs/imagenette.py:linear --config.pretrained=DIR --workdir=DIR_linear
 Data: tfds imagenette/160px-v2 (fastai's imagenette2-160: 9,469 train, 3,925 validation images
   of 10 easy ImageNet classes), the version lightly's benchmark uses, at 128 px as it does.

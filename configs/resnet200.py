@@ -9,7 +9,7 @@ Command (TPU VM pod slice or GPU node; the same command on every host):
 Then linear evaluation:
   python -m relic.main --config=configs/linear_probe.py --config.pretrained=gs://BUCKET/relic_resnet200 \
       --workdir=gs://BUCKET/relic_resnet200_linear
-Expected: 79.8% ImageNet linear top-1 (ReLICv2 paper).
+Expected: 79.8% ImageNet linear top-1 [the paper's paperswithcode entry, ReLICv2 (ResNet200)].
 Compute: about 494 GFLOPs per image per step (online forward+backward on 4x224 + 2x96
   views, target forward on 4x224), 6.3e+20 FLOPs for 1000 epochs.
   Memory: use --config.model.dtype=bfloat16 --config.model.remat=True on 16 GiB devices.

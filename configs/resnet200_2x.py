@@ -9,7 +9,8 @@ Command (TPU VM pod slice or GPU node; the same command on every host):
 Then linear evaluation:
   python -m relic.main --config=configs/linear_probe.py --config.pretrained=gs://BUCKET/relic_resnet200_2x \
       --workdir=gs://BUCKET/relic_resnet200_2x_linear
-Expected: 80.6% ImageNet linear top-1 (ReLICv2 paper, the paper's largest encoder).
+Expected: 80.6% ImageNet linear top-1 [ReLICv2 paper abstract: "80.6% with larger ResNet
+  models"; the paper's largest encoder].
 Compute: about 1977 GFLOPs per image per step (online forward+backward on 4x224 + 2x96
   views, target forward on 4x224), 2.5e+21 FLOPs for 1000 epochs.
   Memory: use --config.model.dtype=bfloat16 --config.model.remat=True on 16 GiB devices.

@@ -9,7 +9,7 @@ Command (TPU VM pod slice or GPU node; the same command on every host):
 Then linear evaluation:
   python -m relic.main --config=configs/linear_probe.py --config.pretrained=gs://BUCKET/relic_resnet50 \
       --workdir=gs://BUCKET/relic_resnet50_linear
-Expected: 77.1% ImageNet linear top-1 (ReLICv2 paper, the paper's headline result).
+Expected: 77.1% ImageNet linear top-1 [ReLICv2 paper abstract] (configs/linear_probe.py's protocol).
 Compute: about 140 GFLOPs per image per step (online forward+backward on 4x224 + 2x96
   views, target forward on 4x224), 1.8e+20 FLOPs for 1000 epochs.
 """

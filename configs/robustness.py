@@ -17,8 +17,9 @@ Outputs: results.json / results.md; finished test sets are kept in results.parti
   interrupted run continues where it stopped.
 Variants: 'runlocal': the built-in dataset's 'test' and 'test_ood' splits with the head of a
   runlocal probe: --config=configs/robustness.py:runlocal --config.robustness.probe=PROBE_DIR
-Expected: see the paper's robustness table (ObjectNet top-1 25.9 for ReLICv2 ResNet-50, method.md
-  section 6); ImageNet-C alone is 75 x 50,000 images.
+Expected: ObjectNet top-1 25.9 for the ReLICv2 ResNet-50 (ReLIC 23.8, SimCLR 14.6)
+  [paperswithcode entry]; the paper's numbers for the other sets are not reproduced here
+  [unverified]. ImageNet-C alone is 75 x 50,000 images.
 """
 
 from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg

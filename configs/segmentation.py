@@ -19,7 +19,8 @@ Recipe: FCN-16s (last stage dilated, two 3x3 convs of 256 channels with dilation
 Variants: 'cityscapes' ([recon]: 769 px crops, the same schedule); 'runlocal': the built-in
   shapes dataset (object masks, 11 classes), minutes on a CPU:
   --config=configs/segmentation.py:runlocal --config.pretrained=/tmp/relic_quickstart
-Expected (ResNet-50): ReLICv2 77.9 mIoU on VOC 2012 val, 75.2 on Cityscapes val (BYOL 74.6).
+Expected (ResNet-50): ReLICv2 77.9 mIoU on VOC 2012 val [paperswithcode-derived listing of the
+  paper's results], 75.2 on Cityscapes val (BYOL 74.6) [paperswithcode entry].
 """
 
 from relic.config import QUICKSTART_BUILTIN, check_config_args, imagenet_eval_config, parse_config_arg

@@ -4,8 +4,8 @@ Command (one GPU; the same command on more devices or a TPU VM):
   tfds build stl10                        # once: download and prepare (tfds's command line)
   python -m relic.main --config=configs/stl10.py --workdir=DIR
   A seconds-long CPU run of the same code paths: configs/stl10.py:runlocal.
-Then linear evaluation (frozen encoder, relic's linear protocol on the 5,000 labelled train
-  images at 96 px, test split):
+Then linear evaluation (frozen encoder, configs/linear_probe.py's protocol on the 5,000
+  labelled train images at 96 px, test split):
   python -m relic.main --config=configs/stl10.py:linear --config.pretrained=DIR --workdir=DIR_linear
 Data: pretraining reads tfds stl10 'unlabelled+train' (100,000 + 5,000 images of 96 px; the
   unlabelled ones carry label -1, which the online probe ignores), as solo-learn's

@@ -22,7 +22,9 @@ Outputs: DIR/<dataset>/results.json per dataset and DIR/results.md, the table ac
   A rerun skips the datasets already done for the same encoder.
 Variants: 'runlocal': the built-in dataset as the target, minutes on a CPU:
   --config=configs/transfer.py:runlocal --config.pretrained=/tmp/relic_quickstart
-Expected: see the paper's transfer table (e.g. fine-tuned CIFAR-100 85.3, Stanford Cars 92.3).
+Expected: the paper's transfer table, e.g. CIFAR-100 85.3 and Stanford Cars 92.3 top-1
+  [paperswithcode-derived listing of the paper's results; linear or fine-tuned is not stated
+  there]; the other datasets' numbers are not reproduced here [unverified].
 """
 
 from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg

@@ -18,8 +18,8 @@ benchmark length). None of these recipes has been trained to the end here.
 
 Config arguments (``configs/NAME.py:ARG``): 'runlocal' (any pretraining config's seconds-long
 CPU run on the built-in dataset), 'linear' (the linear-probe job of the benchmark: frozen
-encoder, relic's linear protocol on the labelled train split, scored on the test split), and
-'linear,runlocal'.
+encoder, configs/linear_probe.py's protocol on the labelled train split at the large-view size,
+scored on the test split), and 'linear,runlocal'.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class Benchmark:
   weight_decay: float
   eval_every_steps: int
   knn_bank: int             # kNN bank size (0 = the whole labelled split)
-  holdout: int              # linear probe: train[:holdout] selects the rate
   knn: tuple[int, float] = (20, 0.07)  # k, temperature of the kNN monitor
 
 
@@ -61,19 +60,18 @@ class Benchmark:
 # its benchmark tables reporting the best kNN top-1 over training.
 BENCHMARKS = {b.name: b for b in (
     Benchmark("cifar10", "tfds", "cifar10", "train", "test", "", 50_000,
-              (32, 0.08, 1.0), (18, 0.08, 0.5), True, False, 1000, 1.0, 1e-5, 1_950, 0, 5_000,
+              (32, 0.08, 1.0), (18, 0.08, 0.5), True, False, 1000, 1.0, 1e-5, 1_950, 0,
               knn=(200, 0.1)),
     Benchmark("cifar100", "tfds", "cifar100", "train", "test", "", 50_000,
-              (32, 0.08, 1.0), (18, 0.08, 0.5), True, False, 1000, 1.0, 1e-5, 1_950, 0, 5_000,
+              (32, 0.08, 1.0), (18, 0.08, 0.5), True, False, 1000, 1.0, 1e-5, 1_950, 0,
               knn=(200, 0.1)),
     Benchmark("stl10", "tfds", "stl10", "unlabelled+train", "test", "train", 105_000,
-              (96, 0.08, 1.0), (48, 0.08, 0.5), False, True, 400, 0.5, 1e-6, 4_100, 0, 500),
+              (96, 0.08, 1.0), (48, 0.08, 0.5), False, True, 400, 0.5, 1e-6, 4_100, 0),
     Benchmark("imagenette", "tfds", "imagenette/160px-v2", "train", "validation", "", 9_469,
-              (128, 0.08, 1.0), (64, 0.08, 0.5), False, True, 800, 0.5, 1e-6, 370, 0, 1_000,
+              (128, 0.08, 1.0), (64, 0.08, 0.5), False, True, 800, 0.5, 1e-6, 370, 0,
               knn=(20, 0.1)),
     Benchmark("imagenet100", "folder", "", "train", "val", "", 0,
-              (224, 0.08, 1.0), (96, 0.05, 0.14), False, True, 400, 0.5, 1e-6, 4_950, 10_000,
-              5_000),
+              (224, 0.08, 1.0), (96, 0.05, 0.14), False, True, 400, 0.5, 1e-6, 4_950, 10_000),
 )}
 
 
@@ -114,14 +112,14 @@ def benchmark_config(name: str, arg: str | None = None) -> ml_collections.Config
 
 def _linear_config(config: ml_collections.ConfigDict, b: Benchmark,
                    runlocal: bool) -> ml_collections.ConfigDict:
-  """relic's linear protocol (frozen encoder, SGD + Nesterov, 100 epochs, a rate sweep with
-  hold-out selection) on the benchmark's labelled train split at its large-view size."""
+  """The linear protocol of configs/linear_probe.py (frozen encoder, SGD + Nesterov, base rate
+  0.3, 100 epochs, cosine, the whole labelled train split) at the benchmark's large-view size,
+  scored on its test split; global batch 256 (the pretraining batch) instead of 1024."""
   config.job = "linear_probe"
   config.data.train_split = b.labelled_split or b.train_split
   config.data.labelled_split = ""
   config.data.expected_train_examples = 0
-  config.linear_probe.update(dict(batch_size=256, image_size=b.large[0],
-                                  holdout_examples=b.holdout))
+  config.linear_probe.update(dict(batch_size=256, image_size=b.large[0]))
   if runlocal:
     apply_eval_runlocal(config)
   return config

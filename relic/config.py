@@ -14,7 +14,8 @@ from relic.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults: ReLICv2 ResNet-50 on ImageNet (method.md); configs override what differs."""
+  """Defaults: ReLICv2 ResNet-50 on ImageNet (each value's source: the README's hyper-parameter
+  table); configs override what differs."""
   config = ml_collections.ConfigDict()
   config.job = "pretrain"
   config.seed = 0
@@ -108,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
       extra_splits=(),            # more splits to report, e.g. ('test_ood',).
       compare_random_init=True,
   ))
-  # Evaluation jobs (method.md section 5); each reads config.pretrained.
+  # Evaluation jobs; each reads config.pretrained.
   config.linear_probe = ml_collections.ConfigDict(dict(
       # DeepMind's ReLICv2 linear evaluation, every default below [code]: google-deepmind/
       # relicv2 configs/eval.py, eval_experiment.py and main_loop.py (configs/linear_probe.py
@@ -175,7 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_train_examples=0,     # cap on train examples per dataset (0 = all).
   ))
   config.segmentation = ml_collections.ConfigDict(dict(
-      # Semantic segmentation transfer (method.md section 5), BYOL's protocol: FCN-16s (the
+      # Semantic segmentation transfer, BYOL's protocol (appendix D.4) [recon]: FCN-16s (the
       # encoder's last stage dilated, two 3x3 convs of 256 channels with dilation 6 + BN + ReLU,
       # a 1x1 classifier), per-pixel softmax cross-entropy, whole network trained.
       # Data: config.data (source 'voc2012', 'cityscapes' or 'builtin'; its train / eval splits).
@@ -332,7 +333,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   problems.raise_if_any()
 
 
-# Epoch presets from the BYOL/ReLICv2 code family (method.md section 4):
+# Epoch presets of DeepMind's BYOL code [code: byol/configs/byol.py _LR_PRESETS, _WD_PRESETS,
+# _EMA_PRESETS; ReLICv2 released no pretraining config]:
 # epochs -> (base learning rate, weight decay, EMA base rate).
 EPOCH_PRESETS = {1000: (0.2, 1.5e-6, 0.996), 300: (0.3, 1e-6, 0.99), 100: (0.45, 1e-6, 0.99)}
 IMAGENET_TRAIN_EXAMPLES = 1_281_167

@@ -309,8 +309,8 @@ def check_field(config: ml_collections.ConfigDict, field: str, value: str | None
   for part in field.split("."):
     where = ".".join(["config", *parents])
     if not isinstance(node, ml_collections.ConfigDict):
-      raise ConfigError(f"config.{field}: {where} is a {type(node).__name__}, not a section with "
-                        f"fields. Fix: override {where} itself, e.g. --{where}=VALUE.")
+      raise ConfigError(f"config.{field}: {where} is {_a(type(node).__name__)}, not a section "
+                        f"with fields. Fix: override {where} itself, e.g. --{where}=VALUE.")
     if part not in node:
       names = sorted(node.keys())
       close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
@@ -321,6 +321,10 @@ def check_field(config: ml_collections.ConfigDict, field: str, value: str | None
                         f"(the fields of {where}: {', '.join(names)}).")
     node = node[part]
     parents.append(part)
+
+
+def _a(noun: str) -> str:
+  return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _example(value) -> str:
@@ -338,10 +342,9 @@ def _flag_error(error: Exception) -> ConfigError:
     current = _file_config
     for part in field.split(".")[1:]:
       current = current[part]
-    kind = type(current).__name__
     return ConfigError(f"{field}: cannot take the value {value!r} ({reason.strip()}). Fix: give "
-                       f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}, e.g. "
-                       f"--{field}={_example(current)} (the config file's value).")
+                       f"{_a(type(current).__name__)}, e.g. --{field}={_example(current)} (the "
+                       "config file's value).")
   return ConfigError(f"{text.rstrip('.')}. Fix: use the flags that relic --help lists.")
 
 
@@ -367,8 +370,12 @@ def check_command_line(args: list[str]) -> list[str]:
   if spec:
     try:
       resolved = config_files.resolve(spec)
-    except ConfigError as e:
-      problems.add(ConfigError(f"--config={spec}: {e}"))
+    except ConfigError:
+      problems.add(ConfigError(
+          f"--config={spec}: no such config file (looked in {os.getcwd()}) and no shipped "
+          f"config of that name. Fix: name a shipped config, e.g. --config=quickstart or "
+          f"--config=resnet50:runlocal (shipped: {', '.join(config_files.names())}), or give "
+          "the path of a config file (a Python file with get_config(arg=None))."))
     else:
       args = list(args)
       args[index] = f"--config={resolved}" if inline else resolved

@@ -1,6 +1,9 @@
 """Metric output of a run: TensorBoard events (clu), ``metrics.jsonl`` and console lines.
 
-Only process 0 writes files; every process may call ``write`` (the others only log).
+Only process 0 writes files; every process may call ``write`` (the others only log). Besides the
+scalars, TensorBoard gets the flattened config as hparams (:meth:`MetricsLogger.write_hparams`,
+from the loop), pretraining's view grids at step 0 (:meth:`MetricsLogger.write_images`) and every
+evaluation's results as ``eval/...`` scalars (:func:`write_eval_scalars`, from ``write_results``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Optimisers: LARS as in BYOL/ReLICv2, plus SGD and AdamW, with one weight-decay mask.
 
-LARS (You et al. 2017) as DeepMind's BYOL code applies it (method.md section 4), per parameter
+LARS (You et al. 2017) as DeepMind's BYOL code applies it (byol/utils/optimizers.py, shipped
+unchanged as ReLICv2's utils/optimizers.py; coefficients from byol/configs/byol.py), per parameter
 tensor ``p`` with gradient ``g``, momentum buffer ``mu`` and learning rate ``lr_k`` at step k:
 
     g  <- g + weight_decay * p                              (decayed tensors only)
@@ -42,7 +43,8 @@ def weight_decay_mask(params: Any) -> Any:
   ``shortcut_bn``, a projector's or predictor's BN). Deciding on ``kernel`` with ``ndim >= 2``
   therefore excludes exactly the biases and *all* BatchNorm parameters of the encoder, the
   projector and the predictor, and keeps working when a module is renamed or added. Decaying or
-  trust-ratio-scaling BN scales and biases is a known accuracy trap (method.md section 7):
+  trust-ratio-scaling BN scales and biases is what BYOL's code avoids (its exclude_bias_and_norm
+  filter, byol/utils/optimizers.py, serves as both filters in byol_experiment.py):
   they are not weights of a linear map, their norm carries no scale information.
 
   The same mask selects the tensors that get LARS's trust ratio.

@@ -3,7 +3,8 @@ that changes over training, as pure functions of the step.
 
 Why pure functions of the step: the step is stored in the train state, so a run resumed at step k
 computes exactly the learning rate and EMA rate it would have computed without the interruption
-(method.md section 7: "EMA schedule miscounted after resume"). Nothing here keeps a counter.
+(relic's choice: a counter kept beside the state would miscount the EMA schedule after a resume).
+Nothing here keeps a counter.
 
 Rounding rule (one rule for every conversion): a duration in epochs becomes
 ``ceil(epochs * examples / batch_size)`` steps, so a fractional last step is trained rather than

@@ -164,3 +164,66 @@ def test_imagenet100_folder_from_an_imagenet_folder_pretrains(tmp_path, monkeypa
   workdir = tmp_path / "run"
   main.run(config, str(workdir))
   assert_trained(workdir)
+
+
+def test_clipped_lars_caps_the_trust_ratio_at_the_rate():
+  """optim.lars_clip (solo-learn's clip_lr), against NumPy: per decayed tensor,
+  g' = g + wd p, f = min(eta ||p|| / ||g'|| / lr, 1), mu = m mu + f g', p -= lr mu; biases
+  get plain momentum SGD."""
+  from relic import optim
+  config = load("cifar10")[0]
+  eta, wd, m = config.optim.trust_coefficient, config.optim.weight_decay, config.optim.momentum
+  rng = np.random.default_rng(0)
+  params = {"big": {"kernel": 100 * rng.normal(size=(3, 4)).astype(np.float32)},  # capped at 1
+            "small": {"kernel": 1e-3 * rng.normal(size=(4, 2)).astype(np.float32)},  # not capped
+            "lin": {"bias": rng.normal(size=(4,)).astype(np.float32)}}
+  grads = [jax_tree_map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+           for _ in range(2)]
+  opt = optim.step_scheduled(lambda rate: optim.make_optimizer(config, rate))
+  state, p_jax = opt.init(params), params
+  p_np = {k: {n: v.copy() for n, v in d.items()} for k, d in params.items()}
+  mu = {k: {n: np.zeros_like(v) for n, v in d.items()} for k, d in params.items()}
+  factors = {}
+  for lr, g in zip((0.5, 0.05), grads):
+    state = optim.set_learning_rate(state, lr)
+    updates, state = opt.update(g, state, p_jax)
+    p_jax = jax_tree_map(lambda p, u: p + u, p_jax, updates)
+    for k, d in p_np.items():
+      for n, p in d.items():
+        step_grad = g[k][n].astype(np.float64)
+        if n == "kernel":
+          step_grad = step_grad + wd * p
+          ratio = eta * np.linalg.norm(p) / np.linalg.norm(step_grad)
+          factors[(k, lr)] = min(ratio / lr, 1.0)
+          step_grad = step_grad * factors[(k, lr)]
+        mu[k][n] = m * mu[k][n] + step_grad
+        d[n] = (p - lr * mu[k][n]).astype(np.float32)
+  assert factors[("big", 0.5)] == 1.0 and factors[("small", 0.5)] < 1.0   # both regimes seen
+  for k, d in p_np.items():
+    for n, p in d.items():
+      np.testing.assert_allclose(np.asarray(p_jax[k][n]), p, rtol=1e-5, atol=1e-6)
+
+
+def jax_tree_map(fn, *trees):
+  import jax
+  return jax.tree.map(fn, *trees)
+
+
+def test_blur_off_never_blurs_in_either_augmentation():
+  import jax
+  from relic.data import augment, augment_spec, augment_tf
+  image = np.random.default_rng(0).random((1, 4, 64, 64, 3), dtype=np.float32)
+  plain = dict(color_strength=0.0, grayscale_prob=0.0)   # preset A: blur always, no solarise
+  blurred = np.asarray(augment.augment_views(jax.random.key(1), image, "AAAA",
+                                             augment_spec.Photometric(**plain)))
+  kept = np.asarray(augment.augment_views(jax.random.key(1), image, "AAAA",
+                                          augment_spec.Photometric(**plain, blur=False)))
+  unblurred = lambda out, v: any(np.allclose(out[0, v], x, atol=1e-3)
+                                 for x in (image[0, v], image[0, v, :, ::-1]))
+  assert all(unblurred(kept, v) for v in range(4))
+  assert not all(unblurred(blurred, v) for v in range(4))
+  u = np.full(augment_spec.NUM_UNIFORMS, 0.9, np.float32)  # no flip, jitter, grey, solarise
+  host = augment_tf.augment_image(image[0, 0], u, "A", 3,
+                                  augment_spec.Photometric(**plain, blur=False))
+  np.testing.assert_allclose(np.asarray(host), image[0, 0], atol=1e-6)
+  assert augment_spec.Photometric.from_config(load("cifar10")[0].data).blur is False

@@ -98,30 +98,42 @@ def run_main(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+def one_message(result) -> str:
+  """A user error's output: exit code 2 and one ``relic: ... Fix: ...`` message, no traceback
+  (tests/test_cli.py also checks that TensorFlow was not imported)."""
+  assert result.returncode == errors.EXIT_CODE, result.stderr
+  assert "Traceback" not in result.stderr
+  messages = [line for line in result.stderr.splitlines() if line.startswith("relic:")]
+  assert len(messages) == 1 and "Fix:" in messages[0], result.stderr
+  return messages[0]
+
+
 def test_cli_errors_before_compute(tmp_path):
-  misspelled = run_main("--config=configs/resnet50.py:runlocal", f"--workdir={tmp_path}/a",
-                        "--config.model.detph=18")
-  assert misspelled.returncode != 0 and 'Did you mean "depth"' in misspelled.stderr
-  wrong_type = run_main("--config=configs/resnet50.py:runlocal", f"--workdir={tmp_path}/b",
-                        "--config.model.depth=fifty")
-  assert wrong_type.returncode != 0 and "config.model.depth" in wrong_type.stderr
-  missing = run_main("--config=configs/nope.py", f"--workdir={tmp_path}/c")
-  assert missing.returncode != 0 and "configs/nope.py" in missing.stderr
-  unknown_job = run_main("--config=configs/resnet50.py:runlocal", f"--workdir={tmp_path}/d",
-                         "--config.job=pretrian")
-  assert unknown_job.returncode != 0
-  assert "config.job: unknown job 'pretrian'" in unknown_job.stderr
-  assert "pretrain" in unknown_job.stderr and "Traceback" not in unknown_job.stderr
+  misspelled = one_message(run_main("--config=configs/resnet50.py:runlocal",
+                                    f"--workdir={tmp_path}/a", "--config.model.detph=18"))
+  assert misspelled.startswith("relic: config.model.detph: config.model has no field 'detph'. "
+                               'Did you mean "depth" instead of "detph"? Fix: use '
+                               "--config.model.depth=18")
+  wrong_type = one_message(run_main("--config=resnet50:runlocal", f"--workdir={tmp_path}/b",
+                                    "--config.model.depth=fifty"))
+  assert wrong_type.startswith("relic: config.model.depth: cannot take the value 'fifty'")
+  assert "Fix: give an int, e.g. --config.model.depth=50" in wrong_type
+  missing = one_message(run_main("--config=configs/nope.py", f"--workdir={tmp_path}/c"))
+  assert missing.startswith("relic: --config=configs/nope.py: ") and "quickstart" in missing
+  unknown_job = one_message(run_main("--config=configs/resnet50.py:runlocal",
+                                     f"--workdir={tmp_path}/d", "--config.job=pretrian"))
+  assert unknown_job.startswith("relic: config.job: unknown job 'pretrian'")
+  assert "'pretrain'" in unknown_job
   # Nothing ran: no workdir content beyond what validation needs.
-  assert not (tmp_path / "d").exists()
+  assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 def test_renamed_segmentation_fields_name_the_new_ones(tmp_path):
   renamed = run_main("--config=configs/segmentation.py:runlocal", "--config.segmentation.path=/x",
                      f"--workdir={tmp_path}/w")
-  assert renamed.returncode != 0 and "Traceback" not in renamed.stderr
-  assert ("config.segmentation.path: was renamed" in renamed.stderr
-          and "--config.data.source=voc2012 --config.data.path=/x" in renamed.stderr)
+  message = one_message(renamed)
+  assert message.startswith("relic: config.segmentation.path: was renamed")
+  assert "--config.data.source=voc2012 --config.data.path=/x" in message
   assert not (tmp_path / "w").exists()
   # The other old fields, also with the value as the next argument.
   for old, value, new in (("dataset", "cityscapes", "--config.data.source=cityscapes"),

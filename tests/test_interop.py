@@ -474,7 +474,7 @@ def test_projector_round_trips_through_import_and_export(torch, tmp_path, last_b
   net = torch_projector(**entry["torch_projector"]).eval()
   net.load_state_dict(saved, strict=True)
   with torch.no_grad():
-    ours = net(torch.from_numpy(np.asarray(expected["features"]))).numpy()
+    ours = net(torch.from_numpy(np.array(expected["features"]))).numpy()
   np.testing.assert_allclose(ours, expected["projection"], atol=1e-4, rtol=1e-4)
 
 

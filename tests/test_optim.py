@@ -1,4 +1,4 @@
-"""Optimiser, weight-decay mask, durations and schedules (method.md section 4, trap list in 7)."""
+"""Optimiser (BYOL's LARS, byol/utils/optimizers.py), weight-decay mask, durations, schedules."""
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,8 @@ pixel up to float rounding), so a run can move the augmentation between host and
 without changing the method.
 
 Values are BYOL's (deepmind-research/byol/utils/augmentations.py), which ReLICv2 reuses
-(method.md section 1, [code]): random horizontal flip; colour jitter with probability 0.8
+([code]: the same file ships as ReLICv2's utils/augmentations.py): random horizontal flip;
+colour jitter with probability 0.8
 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in random order, clipped to [0, 1]
 after each); grayscale with probability 0.2; Gaussian blur with sigma ~ U(0.1, 2.0) and a
 kernel of about a tenth of the view size; solarisation at 0.5. Preset 'A' always blurs and never

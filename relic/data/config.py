@@ -4,7 +4,8 @@ import ml_collections
 
 
 def data_config() -> ml_collections.ConfigDict:
-  """Defaults follow ../method.md section 1 (4x224 large + 2x96 small views, p_m = 0.1)."""
+  """Defaults: 4x224 large + 2x96 small views, p_m = 0.1 (sources: the README's hyper-parameter
+  table)."""
   return ml_collections.ConfigDict(dict(
       # A name of relic.data.sources.SOURCES: 'tfds' (any tfds image dataset), 'folder' (a
       # directory of images), 'builtin' (the generated shapes, with exact object masks: no
@@ -31,7 +32,8 @@ def data_config() -> ml_collections.ConfigDict:
       # of the actual train_split (or train.num_train_examples when set), and a split of
       # another size logs a warning at start-up naming both numbers.
       expected_train_examples=0,
-      # Views (method.md section 1). Presets cycle over a group's views: 'AB' -> A, B, A, B.
+      # Views (the paper's multi-crop, Algorithm 1). Presets cycle over a group's views: 'AB' ->
+      # A, B, A, B.
       views=dict(
           large=dict(num=4, size=224, min_scale=0.08, max_scale=1.0, presets="AB"),
           small=dict(num=2, size=96, min_scale=0.05, max_scale=0.14, presets="AB"),

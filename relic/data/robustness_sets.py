@@ -1,4 +1,4 @@
-"""The out-of-distribution test sets of method.md section 5 by tfds name, plus the built-in one.
+"""The robustness job's out-of-distribution test sets by tfds name, plus the built-in one [recon].
 
 ImageNet suite (labels in the 1000-class ImageNet order in every one of them):
   * ImageNet-V2, three variants: ``imagenet_v2/matched-frequency``, ``threshold-0.7``,

@@ -1,4 +1,5 @@
-"""The transfer suite of method.md section 5, by tfds name, and how each is scored.
+"""The transfer suite (BYOL's / SimCLR's twelve datasets [recon]) by tfds name, and how each is
+scored.
 
 The paper's twelve datasets, mapped to what tfds 4.9 provides (``tensorflow_datasets/
 image_classification``, ``datasets/``):

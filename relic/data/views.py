@@ -1,6 +1,6 @@
 """Multi-crop views: their specs from ``config.data.views`` and how they are cut on the host.
 
-ReLICv2 (method.md section 1) takes L large and S small random-resized crops of every image.
+ReLICv2 (the paper's Algorithm 1) takes L large and S small random-resized crops of every image.
 Each view has a photometric preset ('A' or 'B', BYOL's two asymmetric augmentation recipes),
 cycled over a group's views from the group's ``presets`` string: 'AB' -> A, B, A, B. Each large
 view is, with probability ``mask_prob``, cut from the saliency-masked image (background set to

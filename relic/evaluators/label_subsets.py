@@ -66,8 +66,9 @@ def class_balanced_subset(labels: np.ndarray, total: int, seed: int = 0) -> np.n
 def holdout_split(num_examples: int, num_holdout: int) -> tuple[np.ndarray, np.ndarray]:
   """``(holdout, rest)`` index ranges: the first ``num_holdout`` examples and the others.
 
-  The hold-out is a prefix, as ``train[:10000]`` in the official protocol, so the same images
-  are held out whatever the seed, the device count or the number of processes.
+  The hold-out is a prefix, as DeepMind's VALID split (``train[:10000]``, utils/dataset.py),
+  so the same images are held out whatever the seed, the device count or the number of
+  processes.
   """
   if not 0 < num_holdout < num_examples:
     raise ValueError(f"The hold-out ({num_holdout}) must leave training examples in a split of "

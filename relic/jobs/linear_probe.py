@@ -12,7 +12,8 @@ training images (their TRAIN_AND_VALID: no hold-out); the test image is the cent
 ``configs/linear_probe.py:sweep`` (relic's option, not DeepMind's) instead trains every rate of
 ``linear_probe.lr_grid`` on ``train[10000:]``, chooses on the held-out ``train[:10000]`` and
 reports the chosen head. The rates are trained side by side on the same batches (one encoder
-pass serves them all, see relic/train/heads_step.py), so the sweep costs about one run. With ``train_augment=False`` and ``precompute_features=True`` the features are
+pass serves them all, see relic/train/heads_step.py), so the sweep costs about one run.
+With ``train_augment=False`` and ``precompute_features=True`` the features are
 computed once and the heads train on the cache, which takes minutes instead of hours.
 
 Outputs in the workdir: ``results.json`` / ``results.md`` (hold-out top-1 per rate, test top-1

@@ -1,6 +1,8 @@
 """``config.job = 'robustness'``: the ImageNet linear head, unchanged, on shifted test sets.
 
-Protocol (method.md section 5): the head a linear_probe run selected (``probe_head.npz``) on
+Protocol (the paper's robustness evaluation as relic reads it: the ImageNet linear head without
+fine-tuning; the sets and how each is scored are relic's choices [recon]): the head a
+linear_probe run selected (``probe_head.npz``) on
 the encoder it was fit on, no fine-tuning, scored on ImageNet-V2 (three variants), ImageNet-R
 (predictions restricted to its 200 classes), ImageNet-Sketch, ImageNet-C (15 corruptions x
 5 severities; per corruption and mean) and ObjectNet (its 113 ImageNet classes, each scored by
@@ -48,7 +50,10 @@ def _load_probe(config) -> tuple[dict[str, Any], dict[str, Any]]:
     raise ConfigError("config.robustness.probe is empty: the robustness job scores the head of a "
                       "finished linear probe. Fix: pass --config.robustness.probe=WORKDIR of a "
                       "linear_probe run (it holds probe_head.npz and probe_head.json).")
-  return checkpoints.load_probe_head(config.robustness.probe, linear_probe_only=True)
+  try:
+    return checkpoints.load_probe_head(config.robustness.probe, linear_probe_only=True)
+  except FileNotFoundError as e:  # a user error: reported as one, with its fix
+    raise ConfigError(f"config.robustness.probe: {e}") from None
 
 
 def _split(test_set: TestSet, max_examples: int) -> str:

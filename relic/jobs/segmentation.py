@@ -1,7 +1,8 @@
 """``config.job = 'segmentation'``: semantic-segmentation transfer (PASCAL VOC 2012, Cityscapes),
 scored by mean intersection-over-union.
 
-Protocol (method.md section 5; BYOL appendix D.4, which ReLICv2 follows): FCN-16s, i.e. the
+Protocol (BYOL's, Grill et al. 2020 appendix D.4, which relic takes the paper's VOC 2012 and
+Cityscapes results to follow [recon]): FCN-16s, i.e. the
 pretrained encoder with its last stage dilated (stride 1, dilation 2; ``output_stride``), two
 3x3 convolutions of 256 channels with dilation 6, each with BatchNorm and ReLU, and a 1x1
 classifier, upsampled bilinearly to the image (relic/models/segmentation.py). The whole network

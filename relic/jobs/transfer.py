@@ -1,6 +1,7 @@
 """``config.job = 'transfer'``: linear and fine-tune transfer to other datasets, one or many.
 
-Protocols (method.md section 5, as in the BYOL / SimCLR transfer tables):
+Protocols (relic's reading of the BYOL / SimCLR transfer appendices, which the paper's transfer
+table follows [recon]):
   * ``'linear'``: L2-regularised multinomial logistic regression on frozen features of the
     centre crop (BN in inference mode); the L2 strength is chosen on a held-out
     ``transfer.val_fraction`` of the train split, the classifier refit on the whole train split

@@ -5,6 +5,7 @@ from relic.models.pretrain import RelicNetwork, encoder_from_config, networks_fr
 from relic.models.resnet import STAGE_SIZES, ResNet, feature_dim
 from relic.models.segmentation import FCNHead, SegmentationNet, segmentation_net
 
-__all__ = ["ResNet", "MLP", "LinearHead", "HEAD_INITS", "linear_head_params", "RelicNetwork", "STAGE_SIZES", "feature_dim",
+__all__ = ["ResNet", "MLP", "LinearHead", "HEAD_INITS", "linear_head_params", "RelicNetwork",
+           "STAGE_SIZES", "feature_dim",
            "encoder_from_config", "networks_from_config", "FCNHead", "SegmentationNet",
            "segmentation_net"]

@@ -2,7 +2,8 @@
 shared loop (relic/train/loop.py); run by the ``finetune`` job and the transfer job's fine-tune
 protocol.
 
-Semi-supervised protocol (method.md section 5): fine-tune on the 1% or 10% ImageNet label
+Semi-supervised protocol ([recon]: SimCLR's label subsets and recipe; DeepMind's released code
+fine-tunes on all labels, see configs/finetune.py): fine-tune on the 1% or 10% ImageNet label
 subsets, SimCLR's lists (tfds ``imagenet2012_subset/1pct`` and ``/10pct``), chosen with
 ``finetune.subset``; report on the ImageNet validation set. Any other dataset (built-in,
 folder, other tfds datasets) has no official list: ``subset='1pct'`` / ``'10pct'`` or
@@ -16,7 +17,8 @@ Training: random-resized crops + flips; BatchNorm in train mode, its statistics 
 *global* batch (the step is written on global arrays, so under ``jax.jit`` XLA reduces over all
 devices) and its running averages updated for evaluation; SGD with Nesterov momentum, rate
 ``base_lr * batch / 256`` with optional linear warm-up, cosine to 0; weight decay (if any) on
-kernels only. [recon] defaults follow SimCLR's fine-tuning (no weight decay, base rate 0.05).
+kernels only. [recon] defaults follow SimCLR's fine-tuning (no weight decay, base rate 0.05);
+[code] the head starts as DeepMind's hk.Linear (``finetune.head_init='haiku'``).
 
 Multi-label datasets (VOC2007: a set of classes per image, tfds ``voc/2007``): the head is
 one-vs-rest (a sigmoid cross-entropy per class, "difficult"-only classes ignored, see
