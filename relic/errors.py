@@ -44,8 +44,10 @@ class Problems:
 
   def __init__(self):
     self.messages: list[str] = []
+    self._first: ConfigError | None = None
 
   def add(self, error: ConfigError) -> None:
+    self._first = self._first or error
     for message in getattr(error, "problems", None) or [str(error)]:
       if message not in self.messages:  # the same finding reached by two checks
         self.messages.append(message)
@@ -64,6 +66,9 @@ class Problems:
     return bool(ok)
 
   def raise_if_any(self) -> None:
+    """A single problem is raised as it came (its type kept: e.g. a FileNotFoundError too)."""
+    if self._first is not None and self.messages == (self._first.problems or [str(self._first)]):
+      raise self._first
     if self.messages:
       raise ConfigError(*self.messages)
 
