@@ -69,6 +69,16 @@ class TinyResNet(ResNetTorso):  # 'tiny_res_net': bottleneck blocks, stem of 4 c
     super().__init__((1, 1, 1, 1), channels_per_group=(16, 32, 64, 128), stem=4)
 
 
+
+def _running_statistics(forward, params, state, images, steps: int):
+  """BatchNorm running statistics after ``steps`` training-mode passes from zero (so inference
+  mode sees real statistics)."""
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
+  apply = jax.jit(forward.apply, static_argnums=3)
+  for _ in range(steps):
+    _, state = apply(params, state, images(), True)
+  return jax.tree.map(np.asarray, state)
+
 def byol_normalize(images):
   return (images - jnp.array(BYOL_MEAN)) / jnp.array(BYOL_STD)
 
@@ -97,11 +107,7 @@ def haiku_encoder(encoder_cls, size, seed=0, steps=3):
     return rng.normal(0, 0.1, leaf.shape).astype(np.float32)  # offset
 
   params = jax.tree_util.tree_map_with_path(fill, shapes)
-  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
-  apply = jax.jit(forward.apply, static_argnums=3)
-  for _ in range(steps):
-    _, state = apply(params, state, images(), True)
-  return forward, params, jax.tree.map(np.asarray, state)
+  return forward, params, _running_statistics(forward, params, state, images, steps)
 
 
 def relicv2_pickle(path, params, state, devices=2, target_params=True):
@@ -411,11 +417,7 @@ def haiku_network(last_bias, seed=0, size=32, steps=3):
   shapes, state = jax.eval_shape(lambda: forward.init(jax.random.key(0), images(), True))
   fill = lambda leaf: rng.normal(0.3, 0.5, leaf.shape).astype(np.float32)
   params = jax.tree.map(fill, shapes)
-  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
-  apply = jax.jit(forward.apply, static_argnums=3)
-  for _ in range(steps):
-    _, state = apply(params, state, images(), True)
-  return forward, params, jax.tree.map(np.asarray, state)
+  return forward, params, _running_statistics(forward, params, state, images, steps)
 
 
 @pytest.mark.parametrize("last_bias", [False, True])

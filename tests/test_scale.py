@@ -13,33 +13,23 @@ import numpy as np
 import optax
 import pytest
 
-from relic import config as config_lib
 from relic import optim, parallel
 from relic.models import networks_from_config
 from relic.train.pretrain_step import jit_pretrain_step, make_pretrain_step
 from relic.train.states import create_train_state
+from tests import test_pretrain_step
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 16
 
 
 def tiny_config(**model):
-  config = config_lib.base_config()
-  config_lib.apply_runlocal(config)
-  config.data.augment_on_device = False  # float views in; augmentation is tested elsewhere
+  config = test_pretrain_step.tiny_config()
   config.model.update(model)
   return config
 
 
-def make_batch(batch=16, num_large=2, num_small=2, seed=0):
-  rng = np.random.default_rng(seed)
-  base = rng.uniform(size=(batch, 1, IMAGE_SIZE, IMAGE_SIZE, 3))
-  large = np.clip(base + 0.05 * rng.normal(size=(batch, num_large) + base.shape[2:]), 0, 1)
-  half = IMAGE_SIZE // 2
-  small = np.clip(base[:, :, :half, :half] + 0.05 * rng.normal(size=(batch, num_small, half, half, 3)),
-                  0, 1)
-  return dict(large=large.astype(np.float32), small=small.astype(np.float32),
-              label=rng.integers(0, NUM_CLASSES, size=(batch,)).astype(np.int32))
+make_batch = test_pretrain_step.make_batch   # 16 px large, 8 px small views, 10 classes
 
 
 def build(config):

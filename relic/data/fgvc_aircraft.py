@@ -68,8 +68,7 @@ class AircraftSource(sources.Source):
   def _check_files(cls, data: ml_collections.ConfigDict) -> None:
     download = ("point it to the unpacked fgvc-aircraft-2013b folder (the one holding data/), as "
                 "downloaded from robots.ox.ac.uk/~vgg/data/fgvc-aircraft")
-    if not data.path:
-      sources.fail("path", "no FGVC-Aircraft folder given for source='fgvc_aircraft'", download)
+    sources.require_path(data, "FGVC-Aircraft folder", download)
     root = data_root(data.path)
     needed = [root / "variants.txt", root / "images"]
     for field in ("train_split", "eval_split"):

@@ -61,9 +61,8 @@ class FolderSource(sources.Source):
 
   @classmethod
   def _check_files(cls, data: ml_collections.ConfigDict) -> None:
-    if not data.path:
-      sources.fail("path", "no image folder given for source='folder'",
-                   "set config.data.path=DIR (a folder of images, optionally in class sub-folders)")
+    sources.require_path(data, "image folder", "set config.data.path=DIR (a folder of images, "
+                         "optionally in class sub-folders)")
     source = cls(data)
     if not source.root.is_dir():
       sources.fail("path", f"image folder {str(source.root)!r} not found",

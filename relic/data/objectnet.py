@@ -44,15 +44,9 @@ class ObjectNetSource(folder_source.FolderSource):
     self.root = images_root(data.path)
 
   @classmethod
-  def check(cls, data: ml_collections.ConfigDict) -> None:
-    sources.check_with_mask_folder(data, cls._check_files)
-
-  @classmethod
   def _check_files(cls, data: ml_collections.ConfigDict) -> None:
-    if not data.path:
-      sources.fail("path", "no ObjectNet folder given for source='objectnet'",
-                   "set it to the unpacked objectnet-1.0 folder (config.robustness.objectnet_path "
-                   "for the robustness job)")
+    sources.require_path(data, "ObjectNet folder", "set it to the unpacked objectnet-1.0 folder "
+                         "(config.robustness.objectnet_path for the robustness job)")
     root = images_root(data.path)
     present = [c for c in CLASSES if (root / c).is_dir()]
     if not present:

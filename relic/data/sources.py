@@ -46,6 +46,12 @@ def fail(field: str, problem: str, fix: str) -> NoReturn:
   raise ConfigError(f"config.data.{field}: {problem}. Fix: {fix}.")
 
 
+def require_path(data: ml_collections.ConfigDict, what: str, fix: str) -> None:
+  """Fails naming ``config.data.path`` when a source that reads a folder was given none."""
+  if not data.path:
+    fail("path", f"no {what} given for source={data.source!r}", fix)
+
+
 class Reader(abc.ABC):
   """One process's share of a split."""
 

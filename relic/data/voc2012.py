@@ -69,10 +69,9 @@ class VocSource(sources.SegmentationSource):
 
   @classmethod
   def check(cls, data: ml_collections.ConfigDict) -> None:
-    if not data.path:
-      sources.fail("path", "no VOC2012 folder given for source='voc2012'",
-                   "set config.data.path=DIR, the VOC2012 folder (JPEGImages/, "
-                   "SegmentationClassAug/ or SegmentationClass/, ImageSets/Segmentation/)")
+    sources.require_path(data, "VOC2012 folder", "set config.data.path=DIR, the VOC2012 folder "
+                         "(JPEGImages/, SegmentationClassAug/ or SegmentationClass/, "
+                         "ImageSets/Segmentation/)")
     source = cls(data)
     root = source.root
     if not root.is_dir():
