@@ -1,7 +1,7 @@
 """Speed, FLOPs, MFU and memory of one segmentation-transfer training step (FCN-16s on a dilated
-ResNet, relic/segmentation_step.py), on fake data already on device.
+ResNet, relic/train/segmentation_step.py), on fake data already on device.
 
-The step is the job's own (relic/segmentation_step.py: forward in train mode with global BatchNorm,
+The step is the job's own (relic/train/segmentation_step.py: forward in train mode with global BatchNorm,
 per-pixel cross-entropy, SGD + momentum + weight decay, donation), so the numbers are what a
 ``segmentation`` run gets without its input pipeline. Prints one JSON line; ``--out`` also
 writes it to a file.

@@ -1,6 +1,6 @@
 """Speed, FLOPs, MFU and memory of one ReLICv2 pretraining step, on fake data already on device.
 
-Measures the jitted step of relic/pretrain_step.py exactly as training runs it (LARS, EMA,
+Measures the jitted step of relic/train/pretrain_step.py exactly as training runs it (LARS, EMA,
 online probe, on-device photometric augmentation, donation, the state layout of
 ``config.train.fsdp``), with no input pipeline, and compares it with the bare network passes it
 contains. Prints one JSON line per setting; ``--out`` also writes them to a JSON file.
