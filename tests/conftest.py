@@ -23,3 +23,19 @@ try:
   import torchvision  # noqa: F401,E402
 except ImportError:
   pass
+
+
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def synchronous_checkpoints(monkeypatch):
+  """The training loop writes each checkpoint before it goes on. Needed under
+  ``tfds.testing.mock_data``: while it builds a dataset it swaps the file system (epath, gfile)
+  for a temporary one, and a checkpoint finishing in the background at that moment would be
+  written there and fail."""
+  from relic.checkpoints import Checkpointer
+  from relic.train import loop
+  monkeypatch.setattr(loop, "Checkpointer", functools.partial(Checkpointer, async_save=False))

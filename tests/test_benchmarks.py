@@ -94,7 +94,8 @@ def assert_trained(workdir):
 
 
 @pytest.mark.parametrize("name", TFDS_BENCHMARKS)
-def test_pretrains_on_the_named_tfds_dataset_and_splits(name, tmp_path, monkeypatch):
+def test_pretrains_on_the_named_tfds_dataset_and_splits(name, tmp_path, monkeypatch,
+                                                        synchronous_checkpoints):
   config = shrink(load(name)[0], tmp_path)
   b = benchmark_configs.BENCHMARKS[name]
   read = []
