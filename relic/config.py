@@ -213,6 +213,21 @@ def base_config() -> ml_collections.ConfigDict:
       # The unpacked objectnet-1.0 folder (not in tfds: objectnet.dev); '' = no ObjectNet.
       objectnet_path="",
   ))
+  config.saliency = ml_collections.ConfigDict(dict(
+      # Saliency masks without labels (the 'saliency' job, relic/jobs/saliency.py): classical
+      # cues -> pseudo-masks -> an FCN (config.segmentation) trained on them -> masks.
+      splits=(),                # splits to mask; () = (data.train_split,). Refinement trains on
+                                # the first.
+      output="",                # the masks' folder ('' = WORKDIR/masks): give it to data.mask_path.
+      image_size=128,           # masks are computed and written at this square size (pretraining
+                                # resizes a mask to its image).
+      batch_size=64,            # images per process in each batch of the mask passes.
+      cues=("contrast", "barrier", "centre"),  # combined by product (relic/saliency/cues.py).
+      refine=True,              # False: the cue masks are the output (the cheap stage alone).
+      score_splits=(),          # splits scored against ground truth (IoU, F-measure, MAE).
+      ground_truth="",          # the ground-truth masks (data.mask_path layout); '' = the
+                                # source's own (the built-in exact masks).
+  ))
   config.pretrained = ""        # evaluation jobs: relic workdir, checkpoint or DeepMind pickle.
   config.lock()
   return config

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from relic.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -33,12 +35,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = "train.batch_size") -> int:
-  """Returns the per-process batch size; fails with the fix if the batch does not divide."""
+  """Returns the per-process batch size; a ConfigError (the user-error exit, code 2) with the
+  fix if the batch does not divide."""
   num_devices = mesh.devices.size
   if global_batch_size % num_devices:
-    raise ValueError(
-        f"config.{field}={global_batch_size} is not divisible by the {num_devices} devices; "
-        f"use a multiple of {num_devices} (e.g. {max(1, global_batch_size // num_devices) * num_devices}).")
+    suggestion = max(1, global_batch_size // num_devices) * num_devices
+    raise ConfigError(f"config.{field}: {global_batch_size} is not divisible by the "
+                      f"{num_devices} devices. Fix: use a multiple of {num_devices} "
+                      f"(e.g. {suggestion}).")
   return global_batch_size // jax.process_count()
 
 

@@ -103,6 +103,9 @@ def test_missing_dataset_and_masks_together_naming_the_directory_searched(tmp_pa
   assert message.startswith("relic: 2 problems:\n")
   assert "- config.data.mask_prob: is 0.1 but the 'tfds' source has no saliency masks" in message
   assert "set config.data.mask_path=DIR" in message
+  # ... naming the job that makes them, for the same data.
+  assert ("`python -m relic.main --config=saliency --config.data.source=tfds "
+          "--config.data.dataset=imagenet2012 --workdir=MASKS_RUN`") in message
   assert (f"- config.data.dataset: tfds dataset 'imagenet2012' is not prepared in "
           f"data_dir='{tmp_path}/tfds'") in message
   assert f"tfds build imagenet2012 --data_dir={tmp_path}/tfds" in message
@@ -123,6 +126,17 @@ def test_missing_torch_names_the_install_command(tmp_path):
   assert "The PyTorch export needs the Python package 'torch', which is not installed" in message
   assert "Fix: pip install torch torchvision" in message
   assert not (tmp_path / "r50.pth").exists()
+
+
+def test_batch_not_divisible_by_the_devices_is_a_user_error(tmp_path):
+  # Found as the job builds its mesh (TensorFlow may be loaded by then), on the same path.
+  result = run_module("relic.main", "--config=quickstart:runlocal", f"--workdir={tmp_path}/w",
+                      "--config.train.batch_size=60")
+  assert result.returncode == errors.EXIT_CODE, result.stderr
+  assert "Traceback" not in result.stderr + result.stdout
+  messages = [line for line in result.stderr.splitlines() if line.startswith("relic:")]
+  assert messages == ["relic: config.train.batch_size: 60 is not divisible by the 8 devices. "
+                      "Fix: use a multiple of 8 (e.g. 56)."], result.stderr
 
 
 def test_misspelled_field_names_the_closest_ones():

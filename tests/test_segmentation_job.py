@@ -168,7 +168,7 @@ def test_resume_refuses_other_data_but_accepts_a_moved_folder():
     changed.data.update({**dict(source="voc2012", path="/data/VOC2012", train_split="train_aug"),
                          **data})
     resume_check.check_run_resume(meta, changed, {"fingerprint": "f"}, 0.05, "segmentation",
-                                  seg_job._RESUME_FIELDS)
+                                  seg_job.RESUME_FIELDS)
 
   resume(path="/mnt/elsewhere/VOC2012")       # paths may change
   with pytest.raises(ConfigError, match="data.train_split: saved 'train_aug', now 'train'"):

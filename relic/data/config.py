@@ -11,7 +11,8 @@ def data_config() -> ml_collections.ConfigDict:
       # directory of images), 'builtin' (the generated shapes, with exact object masks: no
       # download), 'objectnet' (an ObjectNet 1.0 folder, a test set), 'fgvc_aircraft'
       # (FGVC-Aircraft 2013b as downloaded); for segmentation 'voc2012' (a VOC2012 folder) or
-      # 'cityscapes' (tfds cityscapes/semantic_segmentation), and 'builtin'.
+      # 'cityscapes' (tfds cityscapes/semantic_segmentation), 'builtin', and 'saliency_masks'
+      # (see saliency_masks below).
       source="tfds",
       dataset="imagenet2012",
       data_dir="",            # tfds data_dir; '' = tfds default (~/tensorflow_datasets).
@@ -19,8 +20,12 @@ def data_config() -> ml_collections.ConfigDict:
                               # the dataset folder for 'objectnet', 'fgvc_aircraft' and 'voc2012'.
       # Folder of saliency masks, same relative paths as the images (any image extension;
       # tfds: matched by the example's file_name stem). Needed when mask_prob > 0, except for
-      # the built-in source, which has exact object masks.
+      # the built-in source, which has exact object masks. `relic --config=saliency` makes them.
       mask_path="",
+      # source='saliency_masks' (relic/data/saliency_masks.py): the images of source `images`
+      # (read with the other fields here) and their mask_path masks as two classes, background
+      # and foreground, resized to size x size (0: as stored); the saliency job refines on it.
+      saliency_masks=dict(images="", size=0),
       train_split="train",
       eval_split="validation",
       # The labelled split that pretraining's evaluators read (the kNN bank, the frozen linear

@@ -48,6 +48,8 @@ def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
 class FolderSource(sources.Source):
   """Images (and optional masks) from folders; see the module docstring for the layout."""
 
+  mask_layout = "mirrors the image folder: the mask of DIR/a/b/x.jpg is MASKDIR/a/b/x.png"
+
   def __init__(self, data: ml_collections.ConfigDict):
     self.root = pathlib.Path(data.path).expanduser()
     self.mask_root = pathlib.Path(data.mask_path).expanduser() if data.mask_path else None
@@ -104,7 +106,7 @@ class FolderSource(sources.Source):
     files = self.image_files(folder)
     usable = image_check.validate([str(f) for f in files], self._cache, f"images under {folder}")
     class_index = {c: i for i, c in enumerate(self.classes())}
-    names, paths, labels, masks = [], [], [], []
+    names, paths, labels, masks, mask_names = [], [], [], [], []
     mask_files = self._mask_index() if with_masks else {}
     for f in files:
       if not usable[str(f)]:
@@ -113,7 +115,8 @@ class FolderSource(sources.Source):
       names.append("/".join(parts))
       paths.append(usable[str(f)])
       labels.append(class_index.get(parts[0], -1) if len(parts) > 1 else -1)
-      masks.append(mask_files.get(str(f.relative_to(self.root).with_suffix("")), ""))
+      mask_names.append(str(f.relative_to(self.root).with_suffix("")))
+      masks.append(mask_files.get(mask_names[-1], ""))
     if with_masks:
       missing = sum(1 for m in masks if not m)
       if missing:
@@ -123,7 +126,8 @@ class FolderSource(sources.Source):
     listing = dict(path=np.array(paths, dtype=object)[order],
                    label=np.array(labels, np.int32)[order],
                    mask_path=np.array(masks, dtype=object)[order],
-                   name=np.array(names, dtype=object)[order])
+                   name=np.array(names, dtype=object)[order],
+                   mask_name=np.array(mask_names, dtype=object)[order])
     self._listings[(name, with_masks)] = listing
     return listing
 
@@ -156,7 +160,8 @@ class FolderSource(sources.Source):
     listing = splits.select(split, lambda name: self._listing(name, with_masks))
     size = len(listing["path"])
     index = sources.share(size, process_index, process_count)
-    columns = {"path": listing["path"][index].astype(str), "label": listing["label"][index]}
+    columns = {"path": listing["path"][index].astype(str), "label": listing["label"][index],
+               "mask_name": listing["mask_name"][index].astype(str)}
     if with_masks:
       columns["mask_path"] = listing["mask_path"][index].astype(str)
     return sources.IndexedReader(columns, size, self.load_row,

@@ -37,6 +37,7 @@ SOURCES = {
     "fgvc_aircraft": "relic.data.fgvc_aircraft:AircraftSource",
     "voc2012": "relic.data.voc2012:VocSource",
     "cityscapes": "relic.data.cityscapes:CityscapesSource",
+    "saliency_masks": "relic.data.saliency_masks:SaliencyMaskSource",
 }
 IGNORE = 255  # segmentation mask value of void / border / padding pixels: never scored
 
@@ -77,6 +78,12 @@ class Reader(abc.ABC):
     """
     raise NotImplementedError(f"{type(self).__name__} has no saliency masks.")
 
+  def mask_name(self, record) -> tf.Tensor:
+    """Where the record's saliency mask lives below ``config.data.mask_path``: a relative path
+    without extension (tf.string). The saliency job writes ``<mask_path>/<name>.png`` and
+    :meth:`load_mask` reads it back (see :attr:`Source.mask_layout`)."""
+    raise NotImplementedError(f"{type(self).__name__} names no saliency masks.")
+
 
 class DataSource(abc.ABC):
   """What every registered source has, whatever it offers."""
@@ -99,6 +106,9 @@ class Source(DataSource):
   """A dataset of images and labels with named splits (pretraining, classification)."""
 
   offers = "images with labels for pretraining and classification"
+  # How ``config.data.mask_path`` is laid out for this source (README, the saliency job);
+  # '' = the source takes no mask folder (its readers have no :meth:`Reader.mask_name`).
+  mask_layout = ""
 
   @abc.abstractmethod
   def num_classes(self) -> int:
@@ -176,9 +186,14 @@ def check_mask_folder(data: ml_collections.ConfigDict) -> bool:
   own needs must exist."""
   needs_masks = data.mask_prob > 0 and data.views.large.num > 0
   if needs_masks and not data.mask_path:
+    same_data = (f"--config.data.source={data.source} " +
+                 (f"--config.data.dataset={data.dataset}" if data.source == "tfds"
+                  else f"--config.data.path={data.path or 'DIR'}"))
     fail("mask_prob", f"is {data.mask_prob} but the {data.source!r} source has no saliency "
          "masks", "set config.data.mask_path=DIR, a folder of grayscale masks (255 = "
-         "foreground) with the same relative paths/stems as the images, or set "
+         "foreground) with the same relative paths/stems as the images; the saliency job makes "
+         f"them without labels: `python -m relic.main --config=saliency {same_data} "
+         "--workdir=MASKS_RUN`, then config.data.mask_path=MASKS_RUN/masks. Or set "
          "config.data.mask_prob=0 to train without masked views")
   if needs_masks and not pathlib.Path(data.mask_path).expanduser().is_dir():
     fail("mask_path", f"mask folder {data.mask_path!r} not found",
@@ -236,7 +251,8 @@ class IndexedReader(Reader):
 
   ``columns`` hold the share's per-example data (paths, labels, or pixels); a record is an
   index into them, so skipping records costs nothing. ``load_row`` / ``load_mask_row`` turn
-  a row of columns into the image and label / the mask.
+  a row of columns into the image and label / the mask; a 'mask_name' column names each
+  example's mask file (:meth:`Reader.mask_name`).
   """
 
   def __init__(self, columns: dict[str, np.ndarray], global_size: int, load_row,
@@ -262,6 +278,11 @@ class IndexedReader(Reader):
     if self._load_mask_row is None:
       return super().load_mask(record, height, width)
     return self._load_mask_row(_Row(self._columns, record), height, width)
+
+  def mask_name(self, record) -> tf.Tensor:
+    if "mask_name" not in self._columns:
+      return super().mask_name(record)
+    return _Row(self._columns, record)["mask_name"]
 
 
 _Capability = TypeVar("_Capability", bound=DataSource)

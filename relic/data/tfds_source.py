@@ -100,6 +100,8 @@ class TfdsSource(sources.Source):
   dataset, with 'labels_no_difficult' (if present) telling which are only "difficult"."""
 
   cacheable = False  # tfds's test mocks patch builders per context
+  mask_layout = ("matched by the example's file_name stem anywhere below MASKDIR; the saliency "
+                 "job writes MASKDIR/<bucket 000-255>/<stem>.png")
 
   def __init__(self, data: ml_collections.ConfigDict, dataset: str = ""):
     self.name = dataset or data.dataset
@@ -193,7 +195,7 @@ class TfdsSource(sources.Source):
     masks = self._mask_table() if with_masks else None
     targets = ((self._num_classes, self._has_difficult) if self._multilabel else None)
     return TfdsReader(datasets, global_size, self._shuffle_buffer, self.image_key, masks,
-                      targets)
+                      targets, named=self.has_file_names)
 
   def _mask_table(self) -> tf.lookup.StaticHashTable:
     """file_name stem -> mask file."""
@@ -216,7 +218,7 @@ class TfdsReader(sources.Reader):
 
   def __init__(self, datasets: list[tf.data.Dataset], global_size: int, shuffle_buffer: int,
                image_key: str, masks: tf.lookup.StaticHashTable | None,
-               multilabel_targets: tuple[int, bool] | None = None):
+               multilabel_targets: tuple[int, bool] | None = None, named: bool = False):
     self._datasets = datasets
     self._sizes = np.array([int(ds.cardinality()) for ds in datasets], np.int64)
     self.size = int(self._sizes.sum())
@@ -228,6 +230,7 @@ class TfdsReader(sources.Reader):
     # (num_classes, has 'labels_no_difficult') of a multi-label dataset.
     self._targets = multilabel_targets
     self.multilabel = multilabel_targets is not None
+    self._named = named   # examples have a 'file_name': records carry their mask name
 
   def epoch(self, root: tf.Tensor, epoch: tf.Tensor, shuffle: bool) -> tf.data.Dataset:
     if not shuffle:
@@ -248,10 +251,14 @@ class TfdsReader(sources.Reader):
   def _record(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     record = {"image": example[self._image_key],
               "label": tf.cast(example.get("label", tf.constant(-1)), tf.int32)}
-    if self._masks is not None:
+    if self._named:
       stem = tf.strings.regex_replace(
           tf.strings.regex_replace(example["file_name"], r"^.*/", ""), r"\.[^.]*$", "")
-      record["mask_path"] = self._masks.lookup(stem)
+      # 256 sub-folders: no single folder of 1.28M ImageNet masks.
+      bucket = tf.strings.as_string(tf.strings.to_hash_bucket_fast(stem, 256), width=3, fill="0")
+      record["mask_name"] = tf.strings.join([bucket, stem], "/")
+      if self._masks is not None:
+        record["mask_path"] = self._masks.lookup(stem)
     if self._targets is not None:
       record["labels"] = self._multilabel_targets(example)
     return record
@@ -280,3 +287,8 @@ class TfdsReader(sources.Reader):
     if self._masks is None:
       return super().load_mask(record, height, width)
     return decode.read_mask(record["mask_path"], height, width)
+
+  def mask_name(self, record) -> tf.Tensor:
+    if not self._named:
+      return super().mask_name(record)
+    return record["mask_name"]

@@ -15,6 +15,7 @@ JOBS = {
     "robustness": "relic.jobs.robustness",
     "segmentation": "relic.jobs.segmentation",
     "knn": "relic.jobs.knn",
+    "saliency": "relic.jobs.saliency",
 }
 # One line per job, for ``relic --help``.
 SUMMARIES = {
@@ -28,6 +29,8 @@ SUMMARIES = {
                   "ObjectNet)",
     "segmentation": "semantic segmentation transfer, FCN-16s, mIoU (PASCAL VOC 2012, Cityscapes)",
     "knn": "weighted kNN top-1 of a pretrained encoder's frozen features",
+    "saliency": "saliency masks for every image of a source, without labels (for "
+                "data.mask_path)",
 }
 
 

@@ -1,0 +1,1 @@
+"""Saliency masks without labels (the ``saliency`` job): classical cues, their scores."""
