@@ -14,6 +14,9 @@ split and the 'test_ood' split (background textures never seen in training):
   no_invariance    beta = 0: the contrastive (InfoNCE) term alone
   no_small_views   the 2 large views only (no multi-crop)
   no_masking       p_m = 0: no saliency-masked views
+  job_masks        p_m = 0.1 with the saliency job's masks (configs/saliency.py:builtin: classical
+                   cues + FCN refinement, no labels) instead of the built-in exact object masks;
+                   the job runs once, into --workdir/saliency_job
   two_view_byol    BYOL's view setting: 2 large views, no small views, no masking
   supervised       cross-entropy on the labels, same views, network and schedule (reference)
   random_init      the random-init encoder of each run's own seed (reference, no training)
@@ -45,10 +48,22 @@ SETTINGS: dict[str, dict[str, object]] = {
     "no_invariance": {"loss.beta": 0.0},
     "no_small_views": {"data.views.small.num": 0},
     "no_masking": {"data.mask_prob": 0.0},
+    "job_masks": {"data.mask_path": "{saliency_masks}"},
     "two_view_byol": {"data.views.small.num": 0, "data.mask_prob": 0.0},
     "supervised": {"loss.objective": "supervised", "model.projector_output_dim": 10},
 }
 REFERENCE = "random_init"   # read from every run's results (same architecture, same seed)
+SALIENCY_RUN = "saliency_job"   # below --workdir: the saliency job's run for 'job_masks'
+
+
+def make_saliency_masks(root: pathlib.Path) -> None:
+  """Runs the saliency job on the built-in data once (about 15 minutes on 2 cores)."""
+  workdir = root / SALIENCY_RUN
+  if not (workdir / "results.json").exists():
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "log.txt", "w") as log:
+      subprocess.run([sys.executable, "-m", "relic.main", "--config=configs/saliency.py:builtin",
+                      f"--workdir={workdir}"], stdout=log, stderr=subprocess.STDOUT, check=True)
 ORDER = tuple(SETTINGS) + (REFERENCE,)
 
 
@@ -58,7 +73,10 @@ def run_command(setting: str, seed: int, workdir: pathlib.Path, epochs: float) -
   The random-init encoder is scored in the relicv2 runs only (it is the same for every
   setting of a seed), and the probes fit on 5,000 training images, to keep the set near an hour.
   """
-  overrides = dict(SETTINGS[setting], seed=seed)
+  masks = workdir.parents[1] / SALIENCY_RUN / "masks"    # workdir = ROOT/setting/seedN
+  overrides = {k: v.format(saliency_masks=masks) if isinstance(v, str) else v
+               for k, v in SETTINGS[setting].items()}
+  overrides["seed"] = seed
   overrides["final_eval.compare_random_init"] = setting == "relicv2"
   overrides["final_eval.num_train_examples"] = 5000
   if epochs:
@@ -72,6 +90,8 @@ def run_one(setting: str, seed: int, root: pathlib.Path, epochs: float) -> dict:
   workdir = root / setting / f"seed{seed}"
   results = workdir / "results.json"
   if not results.exists():
+    if "{saliency_masks}" in SETTINGS[setting].values():
+      make_saliency_masks(root)
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(workdir / "log.txt", "w") as log:

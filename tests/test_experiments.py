@@ -22,7 +22,9 @@ def quickstart_config():
 
 @pytest.mark.parametrize("setting", list(ablations.SETTINGS))
 def test_every_setting_is_a_valid_config(setting, tmp_path):
-  command = ablations.run_command(setting, seed=2, workdir=tmp_path, epochs=1.5)
+  (tmp_path / ablations.SALIENCY_RUN / "masks").mkdir(parents=True)   # job_masks reads them
+  command = ablations.run_command(setting, seed=2, workdir=tmp_path / setting / "seed2",
+                                  epochs=1.5)
   assert command[1:4] == ["-m", "relic.main", "--config=configs/quickstart.py"]
   config = quickstart_config()
   for flag in command[5:]:
