@@ -14,7 +14,7 @@ Outputs: MASKS_RUN/masks (one 128 px PNG per training image, 255 = foreground, n
   foreground-fraction histogram). --config.saliency.refine=False: the cue stage alone.
 Variants: 'runlocal': the built-in dataset at 32 px, a minute on a CPU; 'builtin': the
   quickstart's data (10,000 train images of 64 px, plus test and test_ood scored against the
-  exact object masks), about 10 minutes on 2 CPU cores.
+  exact object masks), about 20 minutes on 2 CPU cores (README's saliency table).
 Compute: the cue stage is one pass of elementwise work (no network) over the images at 128 px;
   the refinement trains FCN-16s for 10,000 steps of 256 crops of 112 px (2.56M crops, about
   1e16 FLOPs, under 0.1% of a 1000-epoch pretraining; experiments/imagenet/README.md) and

@@ -1,6 +1,7 @@
 r"""The paper's claims at CPU scale: ReLICv2 and its ablations on the built-in dataset.
 
-Run from the repository root (about 75 minutes on 2 CPU cores for the default 3 seeds):
+Run from the repository root (about 1 h 50 min on 2 CPU cores for the default 3 seeds: 3-4.5
+minutes per run, and 20 minutes for the saliency job of 'job_masks'):
   python -m experiments.ablations --workdir=/tmp/relic_ablations
   python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
 
