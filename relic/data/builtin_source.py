@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from relic.data.lazy_tf import tf
-from relic.data import builtin, decode, image_check, sources, splits
+from relic.data import builtin, decode, sources, splits
 
 
 class BuiltinSource(sources.Source, sources.SegmentationSource):
@@ -88,12 +88,8 @@ class BuiltinSource(sources.Source, sources.SegmentationSource):
 
   def _mask_files(self, names: np.ndarray) -> np.ndarray:
     """The readable file under ``data.mask_path`` of each mask name ('' = none)."""
-    from relic.data.folder_source import list_images  # pylint: disable=import-outside-toplevel
-    files = list_images(self._mask_root)
-    usable = image_check.validate([str(f) for f in files], builtin.cache_root(self._cache_dir),
-                                  f"masks under {self._mask_root}")
-    found = {str(f.relative_to(self._mask_root).with_suffix("")): usable[str(f)]
-             for f in files if usable[str(f)]}
+    from relic.data.folder_source import mask_index  # pylint: disable=import-outside-toplevel
+    found = mask_index(self._mask_root, builtin.cache_root(self._cache_dir))
     paths = np.array([found.get(n, "") for n in names], dtype=str)
     missing = int(np.sum(paths == ""))
     if missing:

@@ -45,6 +45,15 @@ def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
   return sorted(found)
 
 
+def mask_index(mask_root: pathlib.Path, cache: pathlib.Path) -> dict[str, str]:
+  """The readable mask files below ``mask_root`` by relative path without extension
+  ('train/n01/x'), each mapped to the file to read (converted in ``cache`` when needed)."""
+  files = list_images(mask_root)
+  usable = image_check.validate([str(f) for f in files], cache, f"masks under {mask_root}")
+  return {str(f.relative_to(mask_root).with_suffix("")): usable[str(f)]
+          for f in files if usable[str(f)]}
+
+
 class FolderSource(sources.Source):
   """Images (and optional masks) from folders; see the module docstring for the layout."""
 
@@ -107,7 +116,7 @@ class FolderSource(sources.Source):
     usable = image_check.validate([str(f) for f in files], self._cache, f"images under {folder}")
     class_index = {c: i for i, c in enumerate(self.classes())}
     names, paths, labels, masks, mask_names = [], [], [], [], []
-    mask_files = self._mask_index() if with_masks else {}
+    mask_files = mask_index(self.mask_root, self._cache) if with_masks else {}
     for f in files:
       if not usable[str(f)]:
         continue
@@ -138,14 +147,6 @@ class FolderSource(sources.Source):
   def load_row(self, row) -> dict[str, tf.Tensor]:
     """A listing row -> 'image' and 'label'."""
     return {"image": decode.decode_image(tf.io.read_file(row["path"])), "label": row["label"]}
-
-  def _mask_index(self) -> dict[str, str]:
-    """Mask files by root-relative path without extension."""
-    files = list_images(self.mask_root)
-    usable = image_check.validate([str(f) for f in files], self._cache,
-                                  f"masks under {self.mask_root}")
-    return {str(f.relative_to(self.mask_root).with_suffix("")): usable[str(f)]
-            for f in files if usable[str(f)]}
 
   def num_examples(self, split: str) -> int:
     return len(splits.select(split, lambda name: self._listing(name, False))["path"])

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from relic.data.lazy_tf import tf, tfds
-from relic.data import builtin, decode, image_check, seeds, sources
+from relic.data import builtin, decode, seeds, sources
 from relic.errors import ConfigError, Problems
 
 _BLOCKS_PER_PROCESS = 16
@@ -199,14 +199,12 @@ class TfdsSource(sources.Source):
 
   def _mask_table(self) -> tf.lookup.StaticHashTable:
     """file_name stem -> mask file."""
-    from relic.data.folder_source import list_images  # pylint: disable=import-outside-toplevel
+    from relic.data.folder_source import mask_index  # pylint: disable=import-outside-toplevel
     if not self.has_file_names:
       raise ValueError(f"tfds dataset {self.name!r} has no 'file_name' feature to match "
                        "saliency masks by; use config.data.mask_prob=0.")
-    files = list_images(self._mask_root)
-    usable = image_check.validate([str(f) for f in files], self._cache,
-                                  f"masks under {self._mask_root}")
-    stems = {f.stem: usable[str(f)] for f in files if usable[str(f)]}
+    stems = {pathlib.PurePath(name).name: path
+             for name, path in mask_index(self._mask_root, self._cache).items()}
     keys = tf.constant(list(stems) or [""], tf.string)
     values = tf.constant(list(stems.values()) or [""], tf.string)
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values),
