@@ -1,9 +1,11 @@
 r"""The paper's claims at CPU scale: ReLICv2 and its ablations on the built-in dataset.
 
-Run from the repository root (about 1 h 50 min on 2 CPU cores for the default 3 seeds: 3-4.5
-minutes per run, and 20 minutes for the saliency job of 'job_masks'):
+Run from the repository root. Every setting for the default 3 seeds is about 5 hours on a 2-core
+Intel Xeon (estimated: 2-epoch runs took 160-310 s there, the 4x runs take about 4x, the saliency
+job of 'job_masks' 20 minutes); --settings picks a subset:
   python -m experiments.ablations --workdir=/tmp/relic_ablations
   python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
+  python -m experiments.ablations --workdir=/tmp/relic_ablations --settings=relicv2,byol,simclr,supervised
 
 Every setting pretrains the quickstart encoder (configs/quickstart.py) with the quickstart
 recipe for 2 epochs (``--epochs``; the quickstart runs 5), changing only what the setting
@@ -20,6 +22,12 @@ split and the 'test_ood' split (background textures never seen in training):
                    the job runs once, into --workdir/saliency_job
   two_view_byol    BYOL's view setting: 2 large views, no small views, no masking
   supervised       cross-entropy on the labels, same views, network and schedule (reference)
+  byol, simclr     BYOL's and SimCLR's objectives (loss.objective) on the same views, masking,
+                   network and schedule: the paper's comparison in one pipeline
+  beta_0.3, beta_3 the invariance weight beta (0 = no_invariance, 1 = relicv2)
+  negatives_10, negatives_100   n_e sampled negatives per anchor (relicv2: all of the batch)
+  relicv2_long, no_invariance_long, no_masking_long   4x the schedule (--epochs x 4: 628 steps
+                   at the default 2 epochs), for the verdicts that may depend on training length
   random_init      the random-init encoder of each run's own seed (reference, no training)
 
 Each (setting, seed) is one ``python -m relic.main`` process with its own workdir under
@@ -40,9 +48,13 @@ import time
 
 import numpy as np
 
+from experiments import machine
+
 SPLITS = ("test", "test_ood")
 METRICS = ("linear_top1", "knn_top1")
 
+EPOCHS_FACTOR = "epochs_factor"   # a setting's schedule length relative to --epochs
+LONG_FACTOR = 4
 # Overrides of configs/quickstart.py per setting (config paths as on the command line).
 SETTINGS: dict[str, dict[str, object]] = {
     "relicv2": {},
@@ -52,6 +64,18 @@ SETTINGS: dict[str, dict[str, object]] = {
     "job_masks": {"data.mask_path": "{saliency_masks}"},
     "two_view_byol": {"data.views.small.num": 0, "data.mask_prob": 0.0},
     "supervised": {"loss.objective": "supervised", "model.projector_output_dim": 10},
+    # The paper's comparison in one pipeline: same views (masking included), encoder, schedule.
+    "byol": {"loss.objective": "byol", "model.predictor": True},   # BYOL needs its predictor
+    "simclr": {"loss.objective": "simclr"},
+    # beta in {0 (no_invariance), 0.3, 1 (relicv2), 3}; n_e in {all (relicv2), 10, 100}.
+    "beta_0.3": {"loss.beta": 0.3},
+    "beta_3": {"loss.beta": 3.0},
+    "negatives_10": {"loss.num_negatives": 10},
+    "negatives_100": {"loss.num_negatives": 100},
+    # The verdicts that may depend on training length, on a LONG_FACTOR x longer schedule.
+    "relicv2_long": {EPOCHS_FACTOR: LONG_FACTOR},
+    "no_invariance_long": {"loss.beta": 0.0, EPOCHS_FACTOR: LONG_FACTOR},
+    "no_masking_long": {"data.mask_prob": 0.0, EPOCHS_FACTOR: LONG_FACTOR},
 }
 REFERENCE = "random_init"   # read from every run's results (same architecture, same seed)
 SALIENCY_RUN = "saliency_job"   # below --workdir: the saliency job's run for 'job_masks'
@@ -68,6 +92,12 @@ def make_saliency_masks(root: pathlib.Path) -> None:
 ORDER = tuple(SETTINGS) + (REFERENCE,)
 
 
+def quickstart_epochs() -> float:
+  """The quickstart's own schedule (configs/quickstart.py), the base of ``--epochs=0``."""
+  from relic import main as relic_main  # pylint: disable=import-outside-toplevel
+  return float(relic_main.load_config_file("configs/quickstart.py").train.num_epochs)
+
+
 def run_command(setting: str, seed: int, workdir: pathlib.Path, epochs: float) -> list[str]:
   """The ``relic.main`` command line of one run.
 
@@ -77,11 +107,12 @@ def run_command(setting: str, seed: int, workdir: pathlib.Path, epochs: float) -
   masks = workdir.parents[1] / SALIENCY_RUN / "masks"    # workdir = ROOT/setting/seedN
   overrides = {k: v.format(saliency_masks=masks) if isinstance(v, str) else v
                for k, v in SETTINGS[setting].items()}
+  factor = overrides.pop(EPOCHS_FACTOR, 1)
   overrides["seed"] = seed
   overrides["final_eval.compare_random_init"] = setting == "relicv2"
   overrides["final_eval.num_train_examples"] = 5000
-  if epochs:
-    overrides["train.num_epochs"] = epochs
+  if epochs or factor != 1:
+    overrides["train.num_epochs"] = (epochs or quickstart_epochs()) * factor
   return ([sys.executable, "-m", "relic.main", "--config=configs/quickstart.py",
            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()])
 
@@ -135,7 +166,8 @@ def markdown(summary: dict[str, dict], num_seeds: int, command: str) -> str:
              for m in METRICS for s in SPLITS]
     rows.append(f"| {setting} | " + " | ".join(cells) + " |")
   return (f"Top-1 (%) on the built-in dataset, mean ± standard deviation over {num_seeds} "
-          f"seed(s).\nCommand: `{command}`\n\n" + header + "\n".join(rows) + "\n")
+          f"seed(s), measured on {machine.cpu_model()}.\nCommand: `{command}`\n\n" + header
+          + "\n".join(rows) + "\n")
 
 
 def plot(summary: dict[str, dict], path: pathlib.Path) -> None:
@@ -187,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   command = "python -m experiments.ablations " + " ".join(argv or sys.argv[1:])
-  (out / "ablations.json").write_text(json.dumps(dict(seeds=seeds, summary=summary), indent=1))
+  (out / "ablations.json").write_text(json.dumps(dict(seeds=seeds, cpu=machine.cpu_model(),
+                                                     summary=summary), indent=1))
   (out / "ablations.md").write_text(markdown(summary, len(seeds), command.strip()))
   plot(summary, out / "ablations.png")
   print((out / "ablations.md").read_text())

@@ -38,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from experiments import machine  # noqa: E402
 from relic import config as config_lib  # noqa: E402
 from relic.data import augment, crops, pipeline, seeds, views  # noqa: E402
 from relic.data import segmentation as seg_data  # noqa: E402
@@ -213,7 +214,7 @@ def main(argv) -> None:
     write_photos(folder, masks, _NUM_IMAGES.value)
     common = dict(cores=cores(), large=_LARGE.value, small=_SMALL.value,
                   mask_prob=_MASK_PROB.value, batch_size=_BATCH.value,
-                  num_files=_NUM_IMAGES.value)
+                  num_files=_NUM_IMAGES.value, **machine.host_fields())
     results = decode_strategies(folder, make_config(folder, masks, cache, True), _SECONDS.value)
     for name, on_device in (("host_all", False), ("host_split", True)):
       config = make_config(folder, masks, cache, on_device)

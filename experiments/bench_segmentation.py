@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench_step import cost_value, peak_flops_per_device, peak_memory_bytes, timed
+from experiments import machine
 from relic import config as config_lib, parallel
 from relic.train import segmentation_step as seg_step
 from relic.models import encoder_from_config, segmentation_net
@@ -142,8 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       peak_flops_per_device=peak, peak_flops_basis=basis, peak_memory_bytes=peak_memory,
       peak_memory_source=memory_source, compile_time_s=compile_s, loss=loss,
       timed_steps=args.steps, warmup_steps=args.warmup, device_kind=device.device_kind,
-      platform=device.platform, device_count=jax.device_count(), host_cpus=os.cpu_count(),
-      host_load_avg_1m=os.getloadavg()[0], jax_version=jax.__version__,
+      platform=device.platform, device_count=jax.device_count(), **machine.host_fields(),
+      jax_version=jax.__version__,
       python=platform.python_version())
 
 

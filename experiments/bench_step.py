@@ -10,6 +10,9 @@ Run from the repository root:
   python -m experiments.bench_step --depth 50 --per_device_batch 64 --dtype bfloat16
   # The runlocal tiny ResNet on CPU, without photometric augmentation:
   python -m experiments.bench_step --config_arg runlocal --batch_size 64 --augment off
+  # The quickstart's step (its model, views, batch and optimiser), device vs host augmentation:
+  python -m experiments.bench_step --config quickstart --augment on
+  python -m experiments.bench_step --config quickstart --augment off
   # Where the step's time goes beyond the network passes (one setting per removed piece):
   python -m experiments.bench_step --config_arg runlocal --batch_size 64 --profile
   # Accelerator sweep (ResNet-50, per-device batch 32/64/128, remat off/on, f32/bf16), with
@@ -78,6 +81,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from experiments import machine
 from relic import config as config_lib
 from relic import objectives, parallel, schedules
 from relic.train import divergence, pretrain_step
@@ -112,6 +116,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="",
+                 help="a config file or shipped name (e.g. 'quickstart'): its model, views, "
+                      "batch and optimiser instead of the ImageNet ResNet's; flags below "
+                      "still override.")
   p.add_argument("--config_arg", default="", help="'runlocal' for the tiny CPU model.")
   p.add_argument("--depth", type=int, default=50)
   p.add_argument("--width_multiplier", type=int, default=1)
@@ -131,7 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--augment", choices=("on", "off"), default="on",
                  help="photometric augmentation inside the step (uint8 views in).")
   p.add_argument("--num_classes", type=int, default=None,
-                 help="online probe classes (default: 10 with runlocal, else 1000; 0 = none).")
+                 help="online probe classes (default: 10 with runlocal or the built-in data, else "
+                      "1000; 0 = none).")
   p.add_argument("--ablate", default="", help=f"comma list out of {ABLATIONS}.")
   p.add_argument("--steps", type=int, default=10, help="timed steps.")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation.")
@@ -160,9 +169,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-  config = config_lib.imagenet_pretrain_config(
-      args.config_arg or None, depth=args.depth, width_multiplier=args.width_multiplier,
-      name="bench_step")
+  if args.config:
+    from relic import config_files, main  # pylint: disable=import-outside-toplevel
+    config = main.load_config_file(config_files.resolve(args.config))
+  else:
+    config = config_lib.imagenet_pretrain_config(
+        args.config_arg or None, depth=args.depth, width_multiplier=args.width_multiplier,
+        name="bench_step")
   if args.stage_sizes:
     config.model.stage_sizes = tuple(int(s) for s in args.stage_sizes.split(","))
   if args.base_width is not None:
@@ -390,7 +403,8 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
   config_lib.validate(config)
   num_classes = args.num_classes
   if num_classes is None:
-    num_classes = 10 if "runlocal" in (args.config_arg or "") else 1000
+    num_classes = (10 if "runlocal" in (args.config_arg or "") or config.data.source == "builtin"
+                   else 1000)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
   device = jax.devices()[0]
@@ -514,9 +528,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
       compiled_memory=memory_fields(compiled), compile_time_s=compile_s, pieces=pieces,
       timed_steps=args.steps, warmup_steps=args.warmup,
       device_kind=device.device_kind, platform=device.platform, device_count=num_devices,
-      process_count=jax.process_count(), host_cpus=os.cpu_count(),
-      # Other work on the host skews CPU timings; recorded so a reader can tell.
-      host_load_avg_1m=os.getloadavg()[0],
+      process_count=jax.process_count(), **machine.host_fields(),
       jax_version=jax.__version__, python=platform.python_version(),
   )
 

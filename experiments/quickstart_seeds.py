@@ -8,7 +8,8 @@ Run from the repository root:
 
 Each seed is one ``python -m relic.main --config=configs/quickstart.py --config.seed=S`` process
 in its own fresh workdir (an existing one is deleted first, so every wall time is a full run;
-the built-in dataset itself is cached in $RELIC_CACHE, as for a user's second run). Prints one
+the built-in dataset itself is cached in $RELIC_CACHE, as for a user's second run, unless
+--cold_cache has each seed generate it inside its timed command, as on a first run). Prints one
 JSON object: per seed the linear and kNN top-1 of both encoders on 'test' and 'test_ood', the
 linear gain on 'test', the pretraining images/s (median of the logged steps) and the wall
 seconds; then the mean and minimum gain and the CPU the numbers were measured on.
@@ -27,29 +28,26 @@ import time
 
 import numpy as np
 
+from experiments.machine import cpu_model
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
-  """'<model name> x <cores>' from /proc/cpuinfo (every figure names its machine)."""
-  try:
-    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-  except OSError:
-    return "unknown CPU"
-  names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-  return f"{names[0] if names else 'unknown CPU'} x {os.cpu_count()} cores"
-
-
-def run_seed(seed: int, workdir: pathlib.Path, overrides: list[str]) -> dict:
+def run_seed(seed: int, workdir: pathlib.Path, overrides: list[str], cold_cache: bool,
+             config: str = "configs/quickstart.py") -> dict:
   if workdir.exists():
     shutil.rmtree(workdir)
   workdir.mkdir(parents=True)
-  command = [sys.executable, "-m", "relic.main", "--config=configs/quickstart.py",
+  env = dict(os.environ)
+  if cold_cache:   # the built-in dataset is generated inside the timed command, as on a first run
+    env["RELIC_CACHE"] = str(workdir / "cache")
+  command = [sys.executable, "-m", "relic.main", f"--config={config}",
              f"--workdir={workdir}", f"--config.seed={seed}"]
   command += [f"--config.{item}" for item in overrides]
   start = time.perf_counter()
   with open(workdir.parent / f"seed{seed}.log", "w") as log:
-    proc = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+    proc = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False,
+                          env=env)
   wall = time.perf_counter() - start
   if proc.returncode != 0:
     raise RuntimeError(f"seed {seed} failed (exit {proc.returncode}); see "
@@ -69,17 +67,24 @@ def run_seed(seed: int, workdir: pathlib.Path, overrides: list[str]) -> dict:
   return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--override", action="append", default=[],
                       help="KEY=VALUE of the quickstart config, e.g. train.num_epochs=2")
-  args = parser.parse_args()
+  parser.add_argument("--config", default="configs/quickstart.py",
+                      help="the config (e.g. configs/quickstart.py:runlocal for a smoke run)")
+  parser.add_argument("--cold_cache", action="store_true",
+                      help="each seed generates the built-in dataset itself (a first run's wall "
+                           "time); default: $RELIC_CACHE, generated once")
+  args = parser.parse_args(argv)
   root = pathlib.Path(args.workdir)
-  rows = [run_seed(int(s), root / f"seed{s}", args.override) for s in args.seeds.split(",")]
+  rows = [run_seed(int(s), root / f"seed{s}", args.override, args.cold_cache, args.config)
+          for s in args.seeds.split(",")]
   gains = [r["gain_linear_test"] for r in rows]
-  print(json.dumps({"cpu": cpu_model(), "overrides": args.override, "seeds": rows,
+  print(json.dumps({"cpu": cpu_model(), "config": args.config, "overrides": args.override,
+                    "cold_cache": args.cold_cache, "seeds": rows,
                     "mean_gain_linear_test": round(float(np.mean(gains)), 2),
                     "min_gain_linear_test": round(float(np.min(gains)), 2),
                     "mean_wall_s": round(float(np.mean([r["wall_s"] for r in rows])), 1)},

@@ -58,3 +58,14 @@ def test_load_caches_on_disk(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first[key], again[key])
   monkeypatch.setenv("RELIC_CACHE", str(tmp_path))
   assert builtin.cache_root("") == tmp_path
+
+
+def test_generation_does_not_depend_on_the_number_of_threads(monkeypatch):
+  # 3 chunks of up to 500 images, rendered by 4 threads vs 1: the same arrays, bit for bit.
+  monkeypatch.setattr(builtin.os, "cpu_count", lambda: 4)
+  threaded = builtin.generate("train", num_examples=1200, image_size=SIZE, seed=5)
+  monkeypatch.setattr(builtin.os, "cpu_count", lambda: 1)
+  single = builtin.generate("train", num_examples=1200, image_size=SIZE, seed=5)
+  assert set(threaded) == set(single)
+  for key in threaded:
+    np.testing.assert_array_equal(threaded[key], single[key], err_msg=key)

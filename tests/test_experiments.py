@@ -40,10 +40,22 @@ def test_every_setting_is_a_valid_config(setting, tmp_path):
       node[leaf] = value == "True"
     else:
       node[leaf] = value if isinstance(current, str) else type(current)(value)
-  assert config.seed == 2 and config.train.num_epochs == 1.5
+  factor = ablations.SETTINGS[setting].get(ablations.EPOCHS_FACTOR, 1)
+  assert config.seed == 2 and config.train.num_epochs == 1.5 * factor
   assert config.final_eval.compare_random_init == (setting == "relicv2")
   config_lib.validate(config)
   pretrain.validate(config)   # e.g. supervised needs projector_output_dim == classes
+
+
+def test_long_settings_run_four_times_the_schedule(tmp_path):
+  def epochs(setting, base):
+    command = ablations.run_command(setting, seed=0, workdir=tmp_path / setting / "seed0",
+                                    epochs=base)
+    flags = [f for f in command if f.startswith("--config.train.num_epochs=")]
+    return float(flags[0].split("=", 1)[1]) if flags else None
+  assert epochs("relicv2_long", 2.0) == 8.0 and epochs("relicv2", 2.0) == 2.0
+  assert epochs("no_invariance_long", 0) == 4 * quickstart_config().train.num_epochs
+  assert epochs("relicv2", 0) is None   # --epochs=0: the quickstart's own schedule
 
 
 def fake_results(pretrained, random_init):
@@ -123,3 +135,38 @@ def test_segmentation_step_benchmark_measures_the_jobs_step():
   # The dilated last stage runs on a 2x larger feature map: more FLOPs per image.
   assert dilated["flops_per_image"] > 1.2 * plain["flops_per_image"]
   assert dilated["mfu"] is None                                        # no CPU peak
+
+
+def test_bench_step_measures_a_config_file_as_it_is():
+  config = bench_step.build_config(bench_step.parse_args(["--config", "quickstart"]))
+  quickstart = quickstart_config()
+  for section in ("model", "optim", "loss", "ema"):
+    assert config[section].to_dict() == quickstart[section].to_dict(), section
+  assert config.data.views.to_dict() == quickstart.data.views.to_dict()
+  assert config.train.batch_size == quickstart.train.batch_size == 128
+  # A flag still overrides the file.
+  small = bench_step.build_config(bench_step.parse_args(["--config", "quickstart",
+                                                         "--large_size", "24"]))
+  assert small.data.views.large.size == 24 and small.model.base_width == 16
+
+
+def test_quickstart_seeds_reports_each_seed_with_its_wall_time_and_machine(tmp_path, capsys):
+  from experiments import quickstart_seeds
+  root = tmp_path / "seeds"
+  quickstart_seeds.main(["--workdir", str(root), "--seeds", "3",
+                         "--config", "configs/quickstart.py:runlocal", "--cold_cache"])
+  out = json.loads(capsys.readouterr().out)
+  row, = out["seeds"]
+  assert out["cpu"].endswith("cores") and out["cold_cache"] and row["seed"] == 3
+  assert row["wall_s"] > 0 and row["images_per_s"] > 0
+  # Each number is the run's own results.json, and the gain is pretrained - random init.
+  results = json.loads((root / "seed3" / "results.json").read_text())
+  for encoder in ("pretrained", "random_init"):
+    for split in ("test", "test_ood"):
+      assert row[f"{encoder}/{split}/linear_top1"] == round(
+          results[encoder][split]["linear_top1"], 2)
+  assert row["gain_linear_test"] == pytest.approx(
+      row["pretrained/test/linear_top1"] - row["random_init/test/linear_top1"], abs=0.011)
+  assert out["mean_gain_linear_test"] == out["min_gain_linear_test"] == row["gain_linear_test"]
+  # --cold_cache: the run generated the built-in dataset inside its own timed command.
+  assert list((root / "seed3" / "cache" / "builtin").glob("*.npz"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+from concurrent import futures
 
 import numpy as np
 from absl import logging
@@ -83,10 +84,24 @@ def generate(split: str, *, num_examples: int, image_size: int,
   factors = _sample_factors(rng, split, num_examples, image_size)
   images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
   masks = np.empty((num_examples, image_size, image_size), np.uint8)
-  for start in range(0, num_examples, _CHUNK):
-    chunk = slice(start, min(start + _CHUNK, num_examples))
+
+  def render(chunk: slice, noise: np.ndarray) -> None:
     images[chunk], masks[chunk] = _render({k: v[chunk] for k, v in factors.items()},
-                                          image_size, rng)
+                                          image_size, noise)
+
+  # Chunks render on every core (NumPy releases the GIL in its array loops); the pixel noise is
+  # drawn here, chunk after chunk, so the arrays are the same for any number of threads.
+  workers = max(1, min(os.cpu_count() or 1, 8))
+  with futures.ThreadPoolExecutor(workers) as pool:
+    pending = []
+    for start in range(0, num_examples, _CHUNK):
+      chunk = slice(start, min(start + _CHUNK, num_examples))
+      noise = rng.normal(0.0, 0.02, (chunk.stop - start, image_size, image_size, 3))
+      pending.append(pool.submit(render, chunk, noise.astype(np.float32)))
+      if len(pending) > 2 * workers:   # bounds the noise arrays held at once
+        pending.pop(0).result()
+    for job in pending:
+      job.result()
   out = {k: v for k, v in factors.items() if not k.startswith("_")}
   return dict(image=images, mask=masks, **out)
 
@@ -251,7 +266,7 @@ def _shape_distance(label: int, px: np.ndarray, py: np.ndarray) -> np.ndarray:
 
 
 def _render(f: dict[str, np.ndarray], size: int,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   n = len(f["label"])
   coords = (np.arange(size, dtype=np.float32) + 0.5)
   y, x = np.meshgrid(coords, coords, indexing="ij")
@@ -287,7 +302,7 @@ def _render(f: dict[str, np.ndarray], size: int,
       distance[sel] = _shape_distance(k, px[sel], py[sel])
   alpha = np.clip(0.5 - distance * rad, 0.0, 1.0)      # about one pixel of antialiasing
   image = image * (1 - alpha[..., None]) + f["color"][:, None, None] * alpha[..., None]
-  image += rng.normal(0.0, 0.02, image.shape).astype(np.float32)
+  image += noise
   pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
   mask = np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
   return pixels, mask

@@ -3,6 +3,7 @@ each example exactly once, on any device count."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable
 
 import jax
@@ -12,8 +13,13 @@ from jax.experimental import multihost_utils
 from relic import parallel
 
 
+@functools.lru_cache(maxsize=16)
 def make_feature_fn(encoder, mesh):
-  """Jitted ``(variables, images) -> features`` with BN in inference mode, batch sharded."""
+  """Jitted ``(variables, images) -> features`` with BN in inference mode, batch sharded.
+
+  One function per (encoder, mesh) (both hash by value), so every split and every set of
+  variables of one architecture reuse one compilation.
+  """
   return jax.jit(lambda variables, images: encoder.apply(variables, images, train=False),
                  out_shardings=parallel.data_sharding(mesh))
 
