@@ -1,4 +1,4 @@
-"""Non-editable install check (SLOW: about a minute; no download).
+"""Non-editable install check (about 30 s; no download).
 
 ``pip install .`` (not editable) of a copy of this checkout into a fresh virtual environment
 created with ``--system-site-packages``, so the dependencies already installed are reused

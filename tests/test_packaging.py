@@ -132,6 +132,15 @@ def test_configs_ship_inside_the_package(setup_kwargs):
   assert canonicalize_name(setup_kwargs["name"]) != "relic"  # PyPI's 'relic' is another project
 
 
+def test_every_source_folder_ships(setup_kwargs):
+  # A folder without __init__.py is skipped by find_packages: a non-editable install would lack
+  # it while an editable one (and so the rest of the suite) still imports it from the checkout.
+  folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "relic").rglob("*.py")
+             if "__pycache__" not in p.parts}
+  missing = sorted(folders - set(setup_kwargs["packages"]))
+  assert not missing, f"not shipped (add an __init__.py): {missing}"
+
+
 def test_licence_and_citation(setup_kwargs):
   licence = (ROOT / "LICENSE").read_text()
   assert "Apache License" in licence and "Version 2.0, January 2004" in licence
