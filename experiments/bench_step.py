@@ -139,8 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--augment", choices=("on", "off"), default="on",
                  help="photometric augmentation inside the step (uint8 views in).")
   p.add_argument("--num_classes", type=int, default=None,
-                 help="online probe classes (default: 10 with runlocal or the built-in data, else "
-                      "1000; 0 = none).")
+                 help="online probe classes (default: 10 on the built-in data, as with runlocal, "
+                      "else 1000; 0 = none).")
   p.add_argument("--ablate", default="", help=f"comma list out of {ABLATIONS}.")
   p.add_argument("--steps", type=int, default=10, help="timed steps.")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation.")
@@ -403,8 +403,7 @@ def run_setting(args: argparse.Namespace) -> dict[str, Any]:
   config_lib.validate(config)
   num_classes = args.num_classes
   if num_classes is None:
-    num_classes = (10 if "runlocal" in (args.config_arg or "") or config.data.source == "builtin"
-                   else 1000)
+    num_classes = 10 if config.data.source == "builtin" else 1000   # runlocal is built-in too
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
   device = jax.devices()[0]

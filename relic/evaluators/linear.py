@@ -3,8 +3,8 @@
 The transfer protocol's linear evaluation (and the quick end-of-pretraining probe): features are
 standardised with the training statistics, the regularisation strength is chosen on a held-out
 slice of the training set, then the classifier is refit on all training features. Full-batch
-L-BFGS (optax) runs until the gradient norm falls below ``tol`` (1e-5) or for ``max_iter`` (300)
-iterations; strongly regularised fits stop after a few dozen, which halves the quickstart's
+L-BFGS (optax) runs until the gradient norm falls below ``GRAD_TOL`` (1e-5) or for ``max_iter``
+(300) iterations; strongly regularised fits stop after a few dozen, which halves the quickstart's
 evaluation.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 DEFAULT_L2_GRID = tuple(10.0 ** p for p in range(-6, 1))
+GRAD_TOL = 1e-5   # L-BFGS stops once the gradient norm is below this (or after max_iter)
 
 
 def multilabel_nll(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None):
@@ -49,7 +50,7 @@ def _loss(params, x, y, l2, multilabel):
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "multilabel"))
-def _fit(x, y, l2, *, num_classes: int, max_iter: int, multilabel: bool, tol: float = 1e-5):
+def _fit(x, y, l2, *, num_classes: int, max_iter: int, multilabel: bool):
   params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
   fun = functools.partial(_loss, x=x, y=y, l2=l2, multilabel=multilabel)
   opt = optax.lbfgs()
@@ -64,7 +65,7 @@ def _fit(x, y, l2, *, num_classes: int, max_iter: int, multilabel: bool, tol: fl
   def not_converged(carry):
     i, _, state = carry
     grad = optax.tree_utils.tree_get(state, "grad")
-    return (i < max_iter) & ((i == 0) | (optax.tree_utils.tree_norm(grad) > tol))
+    return (i < max_iter) & ((i == 0) | (optax.tree_utils.tree_norm(grad) > GRAD_TOL))
 
   _, params, _ = jax.lax.while_loop(
       not_converged, lambda carry: (carry[0] + 1, *body(carry[0], carry[1:])),
