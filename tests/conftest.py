@@ -25,17 +25,25 @@ except ImportError:
   pass
 
 
-import functools  # noqa: E402
-
 import pytest  # noqa: E402
 
 
 @pytest.fixture
 def synchronous_checkpoints(monkeypatch):
-  """The training loop writes each checkpoint before it goes on. Needed under
+  """The training loop's checkpointer does no file-system work in the background. Needed under
   ``tfds.testing.mock_data``: while it builds a dataset it swaps the file system (epath, gfile)
-  for a temporary one, and a checkpoint finishing in the background at that moment would be
-  written there and fail."""
+  for a temporary one, and Orbax work running in another thread at that moment reads and writes
+  there and fails. Two such pieces: each asynchronous save, and the clean-up of unfinished
+  temporary checkpoints that ``CheckpointManager`` starts in a thread when it opens (the loop
+  builds its input pipeline right after)."""
   from relic.checkpoints import Checkpointer
   from relic.train import loop
-  monkeypatch.setattr(loop, "Checkpointer", functools.partial(Checkpointer, async_save=False))
+
+  def synchronous(*args, **kwargs):
+    ckpt = Checkpointer(*args, async_save=False, **kwargs)
+    manager = ckpt._manager  # pylint: disable=protected-access
+    # Orbax's own hook (CheckpointManager.save calls it first); fail loudly if it is renamed.
+    manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
+    return ckpt
+
+  monkeypatch.setattr(loop, "Checkpointer", synchronous)
