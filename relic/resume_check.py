@@ -28,7 +28,11 @@ CRITICAL_FIELDS = (
     "data.train_split",
     "data.mask_prob",
     "data.mask_fill",
+    "data.color_jitter_strength",
+    "data.grayscale_prob",
     "data.blur",
+    "data.fake",
+    "data.saliency_masks.*",
     "data.views.*",
     "data.builtin.*",
     "train.batch_size",
@@ -47,6 +51,13 @@ CRITICAL_FIELDS = (
 # retention of a job's own section.
 NOT_CRITICAL = ("model.remat", "*.log_every_steps", "*.checkpoint_every_steps",
                 "*.eval_every_steps", "*.keep_checkpoints", "*.keep_every_steps")
+# The fields of config.data that may change on resume: where the same data lies, and how fast
+# it is read. Every other data field is critical (a test keeps the two lists complete).
+DATA_FIELDS_THAT_MAY_CHANGE = ("data.data_dir", "data.path", "data.mask_path", "data.cache_dir",
+                               "data.num_threads", "data.prefetch_to_device",
+                               "data.shuffle_buffer", "data.augment_on_device",
+                               "data.eval_split", "data.labelled_split",
+                               "data.expected_train_examples")
 # What identifies an evaluation run's data (check_run_resume); not data.path or data.data_dir.
 RUN_DATA_FIELDS = ("data.source", "data.dataset", "data.train_split")
 # Everything else may change on resume: logging / evaluation / checkpoint cadence, retention,

@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from etils import epath
+from flax import traverse_util
 
 from relic import checkpoints as ckpt
 from relic import resume_check
@@ -281,6 +282,23 @@ def test_check_resume_compatible_names_critical_fields_and_allows_harmless(tmp_p
   config = base_config()
   config.model.stage_sizes = (1, 1, 1, 1)
   resume_check.check_resume_compatible(ckpt.config_to_json(config), config)
+
+
+def test_every_data_field_is_classified_for_resume():
+  """A new config.data field is either experiment-defining (refused on resume when changed) or
+  listed as free to change: none is left out silently, none is both."""
+  flat = traverse_util.flatten_dict(ckpt.config_to_json(base_config()), sep=".")
+  data_fields = {f for f in flat if f.startswith("data.")}
+  free = set(resume_check.DATA_FIELDS_THAT_MAY_CHANGE)
+  assert free <= data_fields, free - data_fields                 # no stale names
+  critical = {f for f in data_fields if resume_check._is_critical(f, "pretrain")}
+  assert not critical & free, critical & free
+  assert critical | free == data_fields, data_fields - critical - free
+  # The colour distortion defines the training data: a resumed run may not change it.
+  config = base_config()
+  config.data.color_jitter_strength, config.data.grayscale_prob = 0.5, 0.0
+  with pytest.raises(ConfigError, match="data.color_jitter_strength: saved 1.0, now 0.5"):
+    resume_check.check_resume_compatible(ckpt.config_to_json(base_config()), config)
 
 
 def test_restore_encoder_from_workdir_and_step_dir(tmp_path):
