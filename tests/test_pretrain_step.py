@@ -71,7 +71,9 @@ def test_step_same_on_1_and_8_devices(num_negatives):
   # Parameters after two SGD steps agree: the gradients are the same on both meshes.
   for field in ("online_params", "online_batch_stats", "target_params", "target_batch_stats",
                 "probe_params"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, err_msg=field),
+    # atol 1e-4: the 8-device sums run in another order, and the optimiser divides by the
+    # gradient's size, so a near-zero gradient's update carries that rounding at lr scale.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, err_msg=field),
                  getattr(state1, field), getattr(state8, field))
   assert int(state8.step) == 2 and metrics1[0]["finite"]
 
@@ -203,7 +205,9 @@ def test_baseline_step_same_on_1_and_8_devices(objective, keys):
       np.testing.assert_allclose(m1[key], m8[key], atol=1e-5, err_msg=key)
   for field in ("online_params", "online_batch_stats", "target_params", "target_batch_stats",
                 "probe_params"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, err_msg=field),
+    # atol 1e-4: the 8-device sums run in another order, and the optimiser divides by the
+    # gradient's size, so a near-zero gradient's update carries that rounding at lr scale.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, err_msg=field),
                  getattr(state1, field), getattr(state8, field))
   assert int(state8.step) == 2
 
