@@ -23,18 +23,7 @@ CRITICAL_FIELDS = (
     "loss.*",
     "optim.*",
     "ema.*",
-    "data.source",
-    "data.dataset",
-    "data.train_split",
-    "data.mask_prob",
-    "data.mask_fill",
-    "data.color_jitter_strength",
-    "data.grayscale_prob",
-    "data.blur",
-    "data.fake",
-    "data.saliency_masks.*",
-    "data.views.*",
-    "data.builtin.*",
+    "data.*",                     # except DATA_FIELDS_THAT_MAY_CHANGE
     "train.batch_size",
     "train.num_epochs",
     "train.num_steps",
@@ -52,7 +41,7 @@ CRITICAL_FIELDS = (
 NOT_CRITICAL = ("model.remat", "*.log_every_steps", "*.checkpoint_every_steps",
                 "*.eval_every_steps", "*.keep_checkpoints", "*.keep_every_steps")
 # The fields of config.data that may change on resume: where the same data lies, and how fast
-# it is read. Every other data field is critical (a test keeps the two lists complete).
+# it is read. Every other data field (a new one too) defines the training data: critical.
 DATA_FIELDS_THAT_MAY_CHANGE = ("data.data_dir", "data.path", "data.mask_path", "data.cache_dir",
                                "data.num_threads", "data.prefetch_to_device",
                                "data.shuffle_buffer", "data.augment_on_device",
@@ -66,7 +55,8 @@ RUN_DATA_FIELDS = ("data.source", "data.dataset", "data.train_split")
 
 
 def _is_critical(field: str, job: str) -> bool:
-  if any(fnmatch.fnmatchcase(field, pattern) for pattern in NOT_CRITICAL):
+  if field in DATA_FIELDS_THAT_MAY_CHANGE or any(
+      fnmatch.fnmatchcase(field, pattern) for pattern in NOT_CRITICAL):
     return False
   return any(fnmatch.fnmatchcase(field, pattern) for pattern in CRITICAL_FIELDS + (f"{job}.*",))
 
