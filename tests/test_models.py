@@ -126,8 +126,10 @@ def test_remat_does_not_change_result():
                                              mutable=["batch_stats"])[0] ** 2)
   g_plain = jax.grad(loss(model))(variables["params"])
   g_remat = jax.grad(loss(tiny_resnet(remat=True)))(variables["params"])
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_plain,
-               g_remat)
+  # Rematerialisation recomputes the forward pass inside the backward one, so XLA may fuse
+  # and sum in another order: float32 rounding, relative to each gradient's scale.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-5, atol=1e-5 * float(np.abs(a).max())), g_plain, g_remat)
 
 
 def test_padding_modes_differ_only_on_strided_layers():

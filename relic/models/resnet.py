@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from relic.models.conv import conv_general_dilated
+
 # Blocks per stage for each supported depth; depths 18/34 use basic blocks, the rest bottlenecks.
 STAGE_SIZES: dict[int, tuple[int, ...]] = {
     18: (2, 2, 2, 2),
@@ -201,8 +203,10 @@ class ResNet(nn.Module):
     stage_sizes = tuple(self.stage_sizes or STAGE_SIZES[self.depth])
     stage_plan = stage_strides_and_dilations(len(stage_sizes), self.output_stride)
     dtype = jnp.dtype(self.dtype)
+    # The CPU-fast weight gradient (relic/models/conv.py): identical values, native elsewhere.
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                             kernel_init=conv_kernel_init, padding="VALID")
+                             kernel_init=conv_kernel_init, padding="VALID",
+                             conv_general_dilated=conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=dtype, param_dtype=jnp.float32)

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from relic.models.conv import conv_general_dilated
 from relic.models.resnet import ResNet, conv_kernel_init
 
 
@@ -38,13 +39,14 @@ class FCNHead(nn.Module):
     for index in range(2):
       x = nn.Conv(self.channels, (3, 3), kernel_dilation=(self.dilation, self.dilation),
                   padding=pad, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=conv_kernel_init, name=f"conv_{index}")(x)
+                  kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated,
+                  name=f"conv_{index}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=dtype, param_dtype=jnp.float32,
                        name=f"bn_{index}")(x)
       x = nn.relu(x)
     x = nn.Conv(self.num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
-                name="classifier")(x)
+                conv_general_dilated=conv_general_dilated, name="classifier")(x)
     return x.astype(jnp.float32)
 
 
