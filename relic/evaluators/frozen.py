@@ -16,10 +16,18 @@ from relic.evaluators import features as features_lib
 from relic.evaluators import knn, linear
 
 
+EVAL_BATCH_RANGE = (256, 1024)   # global images per feature batch: min, max
+
+
 def eval_batch_size(config, mesh) -> int:
-  """A per-process eval batch: the training batch rounded to the device count."""
+  """A per-process eval batch: the training batch within ``EVAL_BATCH_RANGE``, rounded to the
+  device count. Inference holds no activations for a backward pass, so a small training batch
+  (the quickstart's 64) need not mean small feature batches, whose per-batch overhead (input
+  pipeline, dispatch, gathering) would dominate the evaluation."""
   devices = mesh.devices.size
-  global_batch = max(devices, (min(config.train.batch_size, 1024) // devices) * devices)
+  low, high = EVAL_BATCH_RANGE
+  wanted = min(max(config.train.batch_size, low), high)
+  global_batch = max(devices, (wanted // devices) * devices)
   return global_batch // max(1, _process_count())
 
 
