@@ -44,7 +44,7 @@ def get_config(arg=None):
   config.data.builtin.update(dict(num_train=10_000, num_test=2_000, image_size=64))
   config.data.views.large.update(dict(num=2, size=24, min_scale=0.4, max_scale=1.0))
   config.data.views.small.update(dict(num=2, size=12, min_scale=0.2, max_scale=0.5))
-  config.train.update(dict(batch_size=64, num_epochs=2.5, num_train_examples=0,
+  config.train.update(dict(batch_size=64, num_epochs=3.0, num_train_examples=0,
                            log_every_steps=20, checkpoint_every_steps=200,
                            eval_every_steps=0))
   config.probe.lr = 0.1

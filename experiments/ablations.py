@@ -8,7 +8,7 @@ job of 'job_masks' 20 minutes); --settings picks a subset:
   python -m experiments.ablations --workdir=/tmp/relic_ablations --settings=relicv2,byol,simclr,supervised
 
 Every setting pretrains the quickstart encoder (configs/quickstart.py) with the quickstart
-recipe for 2 epochs (``--epochs``; the quickstart runs 5), changing only what the setting
+recipe for 2 epochs (``--epochs``; the quickstart runs 2.5), changing only what the setting
 names, then scores frozen features with the quickstart's
 final evaluation (L2 logistic regression and weighted kNN, k=20) on the in-distribution 'test'
 split and the 'test_ood' split (background textures never seen in training):
@@ -26,7 +26,7 @@ split and the 'test_ood' split (background textures never seen in training):
                    network and schedule: the paper's comparison in one pipeline
   beta_0.3, beta_3 the invariance weight beta (0 = no_invariance, 1 = relicv2)
   negatives_10, negatives_100   n_e sampled negatives per anchor (relicv2: all of the batch)
-  relicv2_long, no_invariance_long, no_masking_long   4x the schedule (--epochs x 4: 628 steps
+  relicv2_long, no_invariance_long, no_masking_long   4x the schedule (--epochs x 4: 1,250 steps
                    at the default 2 epochs), for the verdicts that may depend on training length
   random_init      the random-init encoder of each run's own seed (reference, no training)
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--settings", default=",".join(SETTINGS))
   parser.add_argument("--epochs", type=float, default=2.0,
-                      help="pretraining epochs (0 = the quickstart's 5)")
+                      help="pretraining epochs (0 = the quickstart's own)")
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   settings = args.settings.split(",")

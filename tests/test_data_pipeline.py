@@ -153,3 +153,30 @@ def test_device_prefetch_makes_global_sharded_batches(config):
   assert len(running) == 1
   endless.close()
   assert not any(t.is_alive() for t in running)
+
+
+def test_device_prefetch_reads_no_batch_past_the_runs_last(config):
+  """With ``num_batches`` (a run's remaining steps) the thread reads exactly that many batches
+  and ends by itself: after the last step nothing is left inside the input pipeline for the
+  close to wait on."""
+  mesh = parallel.make_mesh()
+  read = []
+
+  def counted():
+    for batch in pipeline.pretrain_batches(config, batch_size=8, seed=1):
+      read.append(1)
+      yield batch
+
+  before = {t for t in threading.enumerate() if t.name == "relic-device-prefetch"}
+  stream = pipeline.device_prefetch(counted(), mesh, size=2, num_batches=3)
+  assert len([next(stream) for _ in range(3)]) == 3
+  threads = {t for t in threading.enumerate() if t.name == "relic-device-prefetch"} - before
+  for thread in threads:
+    thread.join(timeout=30)
+  assert not any(t.is_alive() for t in threads)   # ended without a close
+  assert len(read) == 3
+  with pytest.raises(StopIteration):
+    next(stream)
+  unthreaded = pipeline.device_prefetch(iter([{"x": np.zeros((8,))}] * 5), mesh, size=0,
+                                       num_batches=2)
+  assert len(list(unthreaded)) == 2

@@ -143,11 +143,12 @@ def test_bench_step_measures_a_config_file_as_it_is():
   for section in ("model", "optim", "loss", "ema"):
     assert config[section].to_dict() == quickstart[section].to_dict(), section
   assert config.data.views.to_dict() == quickstart.data.views.to_dict()
-  assert config.train.batch_size == quickstart.train.batch_size == 128
+  assert config.train.batch_size == quickstart.train.batch_size == 64
   # A flag still overrides the file.
-  small = bench_step.build_config(bench_step.parse_args(["--config", "quickstart",
-                                                         "--large_size", "24"]))
-  assert small.data.views.large.size == 24 and small.model.base_width == 16
+  larger = bench_step.build_config(bench_step.parse_args(["--config", "quickstart",
+                                                         "--large_size", "32"]))
+  assert quickstart.data.views.large.size == 24
+  assert larger.data.views.large.size == 32 and larger.model.base_width == 16
 
 
 def test_quickstart_seeds_reports_each_seed_with_its_wall_time_and_machine(tmp_path, capsys):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from typing import Any, Iterator
 
+from absl import logging
 from jax.sharding import Mesh
 
 from relic import parallel
@@ -14,14 +16,20 @@ _DONE = object()
 _JOIN_TIMEOUT_S = 60.0
 
 
-def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
-  """Yields ``parallel.to_global(batch, mesh)`` for each per-process batch of ``iterator``.
+def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2,
+                    num_batches: int | None = None) -> Iterator[Any]:
+  """Yields ``parallel.to_global(batch, mesh)`` for each per-process batch of ``iterator``,
+  at most ``num_batches`` of them (a training run's remaining steps: the thread then ends by
+  itself after the last step's batch instead of reading batches nobody will use, which could
+  hold the end of a run for up to the join timeout below).
 
   A background thread keeps ``size`` global batches ready, so host-to-device copies overlap
   the running step. ``size=0`` converts in the caller's thread. An exception in the input
   pipeline is raised in the consumer. Closing the generator stops the thread and waits for it:
   a thread left inside TensorFlow's iterator when the interpreter exits aborts the process.
   """
+  if num_batches is not None:
+    iterator = itertools.islice(iterator, max(0, num_batches))
   if size <= 0:
     for batch in iterator:
       yield parallel.to_global(batch, mesh)
@@ -60,3 +68,6 @@ def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2) -> Itera
   finally:
     stop.set()
     thread.join(timeout=_JOIN_TIMEOUT_S)   # it finishes the batch it is reading, then returns
+    if thread.is_alive():
+      logging.warning("The input thread did not stop within %.0f s (still reading a batch); "
+                      "going on without it.", _JOIN_TIMEOUT_S)

@@ -192,7 +192,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         pipeline.eval_batches(config, split=fit_split, batch_size=process_batch,
                               image_size=lp.image_size, train_augment=lp.train_augment,
                               seed=config.seed, repeat=True, start_step=start),
-        mesh, config.data.prefetch_to_device)
+        mesh, config.data.prefetch_to_device, num_batches=total - start)
 
   replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
   heads_step = jax.jit(divergence.guarded(

@@ -164,7 +164,8 @@ def run(config, workdir: str) -> dict[str, Any]:
       global_batch=config.train.batch_size,
       batches=lambda start: pipeline.device_prefetch(
           pipeline.pretrain_batches(config, batch_size=process_batch, seed=config.seed,
-                                    start_step=start), mesh, config.data.prefetch_to_device),
+                                    start_step=start), mesh, config.data.prefetch_to_device,
+          num_batches=total - start),
       meta={"config": checkpoint.config_to_json(config), "schedule": schedule},
       check_resume=lambda meta: _check_resume(meta, config, schedule),
       periodic=periodic, images=_view_images(config)))

@@ -190,7 +190,7 @@ def train(config, run_dir: str, encoder, variables, info: dict[str, Any], num_cl
       batches=lambda start: pipeline.device_prefetch(
           examples.batches(batch_size=process_batch, image_size=ft.image_size,
                            train_augment=True, seed=config.seed, repeat=True, start_step=start),
-          mesh, config.data.prefetch_to_device)))
+          mesh, config.data.prefetch_to_device, num_batches=total - start)))
   return None if outcome.stopped else outcome.state
 
 

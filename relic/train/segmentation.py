@@ -50,7 +50,7 @@ def train(config, run_dir: str, net: SegmentationNet, variables: dict, info: dic
       batches=lambda start: pipeline.device_prefetch(
           seg_data.train_batches(config, batch_size=process_batch, seed=config.seed,
                                  start_step=start, split=split),
-          mesh, config.data.prefetch_to_device)))
+          mesh, config.data.prefetch_to_device, num_batches=s.num_steps - start)))
   return None if outcome.stopped else outcome.state
 
 
