@@ -1,8 +1,8 @@
 r"""The paper's claims at CPU scale: ReLICv2 and its ablations on the built-in dataset.
 
-Run from the repository root. Every setting for the default 3 seeds is about 5 hours on a 2-core
-Intel Xeon (estimated: 2-epoch runs took 160-310 s there, the 4x runs take about 4x, the saliency
-job of 'job_masks' 20 minutes); --settings picks a subset:
+Run from the repository root. Every setting for the default 3 seeds is about 2.5 hours on a
+2-core Intel Xeon (estimated: a 2-epoch run of today's quickstart recipe takes about 2 minutes
+there, a 4x run about 6, the saliency job of 'job_masks' 20 minutes); --settings picks a subset:
   python -m experiments.ablations --workdir=/tmp/relic_ablations
   python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
   python -m experiments.ablations --workdir=/tmp/relic_ablations --settings=relicv2,byol,simclr,supervised
