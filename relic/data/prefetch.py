@@ -20,8 +20,8 @@ def device_prefetch(iterator: Iterator[Any], mesh: Mesh, size: int = 2,
                     num_batches: int | None = None) -> Iterator[Any]:
   """Yields ``parallel.to_global(batch, mesh)`` for each per-process batch of ``iterator``,
   at most ``num_batches`` of them (a training run's remaining steps: the thread then ends by
-  itself after the last step's batch instead of reading batches nobody will use, which could
-  hold the end of a run for up to the join timeout below).
+  itself after the last step's batch instead of computing batches nobody will use, and the
+  close at the end of the run has nothing to wait for).
 
   A background thread keeps ``size`` global batches ready, so host-to-device copies overlap
   the running step. ``size=0`` converts in the caller's thread. An exception in the input
