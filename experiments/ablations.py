@@ -134,11 +134,20 @@ def run_one(setting: str, seed: int, root: pathlib.Path, epochs: float) -> dict:
                          f"{workdir / 'log.txt'}.")
     print(json.dumps(dict(setting=setting, seed=seed, seconds=round(time.time() - start, 1))),
           flush=True)
-  return json.loads(results.read_text())
+  return dict(json.loads(results.read_text()), steps=trained_steps(workdir))
+
+
+def trained_steps(workdir: pathlib.Path) -> int | None:
+  """The last training step logged in a run's metrics.jsonl (None when there is none)."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return None
+  steps = [json.loads(line).get("step") for line in path.read_text().splitlines() if line]
+  return max((s for s in steps if s is not None), default=None)
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
-  """{setting: {split: {metric: {mean, std, values}}}} from each run's results.json.
+  """{setting: {split: {metric: {mean, std, values}}, 'steps': n}} from each run's results.
 
   ``runs[s]`` holds the results of setting s, one per seed; the random-init reference is the
   'random_init' entry of the relicv2 runs (each seed's own random encoder).
@@ -154,17 +163,21 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
       continue
     summary[setting] = {split: {m: entry([r[key][split][m] for r in runs[source]])
                                 for m in METRICS} for split in SPLITS}
+    summary[setting]["steps"] = 0 if setting == REFERENCE else runs[source][0].get("steps")
   return summary
 
 
 def markdown(summary: dict[str, dict], num_seeds: int, command: str) -> str:
-  header = ("| setting | linear top-1 test | linear top-1 test_ood | kNN top-1 test | "
-            "kNN top-1 test_ood |\n|---|---|---|---|---|\n")
+  header = ("| setting | steps | linear top-1 test | per seed | linear top-1 test_ood | "
+            "kNN top-1 test | kNN top-1 test_ood |\n|---|---|---|---|---|---|---|\n")
   rows = []
-  for setting, splits in summary.items():
-    cells = [f"{splits[s][m]['mean']:.1f} ± {splits[s][m]['std']:.1f}"
+  for setting, result in summary.items():
+    cells = [f"{result[s][m]['mean']:.1f} ± {result[s][m]['std']:.1f}"
              for m in METRICS for s in SPLITS]
-    rows.append(f"| {setting} | " + " | ".join(cells) + " |")
+    per_seed = " / ".join(f"{v:.1f}" for v in result["test"]["linear_top1"]["values"])
+    steps = "" if result.get("steps") is None else str(result["steps"])
+    rows.append(f"| {setting} | {steps} | {cells[0]} | {per_seed} | " + " | ".join(cells[1:])
+                + " |")
   return (f"Top-1 (%) on the built-in dataset, mean ± standard deviation over {num_seeds} "
           f"seed(s), measured on {machine.cpu_model()}.\nCommand: `{command}`\n\n" + header
           + "\n".join(rows) + "\n")
@@ -176,7 +189,7 @@ def plot(summary: dict[str, dict], path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   settings = list(summary)
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  fig, axes = plt.subplots(1, 2, figsize=(max(11, 0.8 * len(settings)), 4.5), sharey=True)
   for ax, metric, title in zip(axes, METRICS, ("linear probe", "kNN (k=20)")):
     x = np.arange(len(settings))
     for offset, split in ((-0.2, "test"), (0.2, "test_ood")):

@@ -75,8 +75,11 @@ def test_summary_means_spreads_and_reference(tmp_path):
   assert relic["mean"] == pytest.approx(43.0)
   assert relic["std"] == pytest.approx(np.std([40, 44, 45], ddof=1))
   assert summary["random_init"]["test_ood"]["knn_top1"]["mean"] == pytest.approx(20.0)
+  assert summary["relicv2"]["steps"] is None and summary["random_init"]["steps"] == 0
+  summary["relicv2"]["steps"] = 313
   table = ablations.markdown(summary, 3, "python -m experiments.ablations")
-  assert "| relicv2 | 43.0 ± 2.6 |" in table and "| random_init | 21.0 ± 1.0 |" in table
+  assert "| relicv2 | 313 | 43.0 ± 2.6 | 40.0 / 44.0 / 45.0 |" in table
+  assert "| random_init | 0 | 21.0 ± 1.0 | 20.0 / 22.0 / 21.0 |" in table
   ablations.plot(summary, tmp_path / "plot.png")
   assert (tmp_path / "plot.png").stat().st_size > 1000
 
@@ -90,7 +93,12 @@ def test_finished_runs_are_reused_not_repeated(tmp_path, monkeypatch):
     raise AssertionError("a finished run was started again")
 
   monkeypatch.setattr(ablations.subprocess, "run", no_subprocess)
-  assert ablations.run_one("relicv2", 0, tmp_path, 0.0) == fake_results(50.0, 20.0)
+  assert ablations.run_one("relicv2", 0, tmp_path, 0.0) == dict(fake_results(50.0, 20.0),
+                                                                steps=None)
+  # The steps trained are the last step of the run's metrics log.
+  (workdir / "metrics.jsonl").write_text("\n".join(
+      json.dumps(r) for r in ({"step": 20, "loss": 3.0}, {"note": "eval"}, {"step": 313})))
+  assert ablations.run_one("relicv2", 0, tmp_path, 0.0)["steps"] == 313
 
 
 def test_bench_sweep_selects_settings_and_keeps_each_finished_one(tmp_path, monkeypatch):
