@@ -146,41 +146,77 @@ def trained_steps(workdir: pathlib.Path) -> int | None:
   return max((s for s in steps if s is not None), default=None)
 
 
+def paired_reference(setting: str) -> str | None:
+  """The setting that ``setting`` is compared with seed by seed (same seed, same data).
+
+  ReLICv2 against the random-init encoder (the gain from pretraining), a 4x-schedule ablation
+  against ReLICv2 on the same schedule, ReLICv2's 4x schedule against its own base schedule,
+  every other setting against ReLICv2.
+  """
+  if setting == REFERENCE:
+    return None
+  if setting == "relicv2":
+    return REFERENCE
+  if setting.endswith("_long") and setting != "relicv2_long":
+    return "relicv2_long"
+  return "relicv2"
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
-  """{setting: {split: {metric: {mean, std, values}}, 'steps': n}} from each run's results.
+  """{setting: {split: {metric: stats}, 'steps': n, 'paired': {...}}} from each run's results.
 
   ``runs[s]`` holds the results of setting s, one per seed; the random-init reference is the
-  'random_init' entry of the relicv2 runs (each seed's own random encoder).
+  'random_init' entry of the relicv2 runs (each seed's own random encoder). Every stats entry is
+  {mean, std, values}; 'paired' holds the per-seed differences to ``paired_reference`` (setting
+  minus reference, same seed), which cancel what a seed shares: the data order, the
+  initialisation and the evaluation subset.
   """
   def entry(values: list[float]) -> dict:
     return dict(mean=float(np.mean(values)), std=float(np.std(values, ddof=1))
                 if len(values) > 1 else 0.0, values=[float(v) for v in values])
 
+  def scores(setting: str) -> list[dict] | None:
+    source, key = (("relicv2", REFERENCE) if setting == REFERENCE else (setting, "pretrained"))
+    return [r[key] for r in runs[source]] if source in runs else None
+
   summary = {}
   for setting in ORDER:
-    source, key = (("relicv2", REFERENCE) if setting == REFERENCE else (setting, "pretrained"))
-    if source not in runs:
+    own = scores(setting)
+    if own is None:
       continue
-    summary[setting] = {split: {m: entry([r[key][split][m] for r in runs[source]])
-                                for m in METRICS} for split in SPLITS}
-    summary[setting]["steps"] = 0 if setting == REFERENCE else runs[source][0].get("steps")
+    summary[setting] = {split: {m: entry([r[split][m] for r in own]) for m in METRICS}
+                        for split in SPLITS}
+    summary[setting]["steps"] = 0 if setting == REFERENCE else runs[setting][0].get("steps")
+    reference = paired_reference(setting)
+    other = scores(reference) if reference else None
+    if other is not None and len(other) == len(own):
+      summary[setting]["paired"] = dict(reference=reference, **{
+          split: {m: entry([a[split][m] - b[split][m] for a, b in zip(own, other)])
+                  for m in METRICS} for split in SPLITS})
   return summary
 
 
 def markdown(summary: dict[str, dict], num_seeds: int, command: str) -> str:
   header = ("| setting | steps | linear top-1 test | per seed | linear top-1 test_ood | "
-            "kNN top-1 test | kNN top-1 test_ood |\n|---|---|---|---|---|---|---|\n")
+            "kNN top-1 test | kNN top-1 test_ood | paired Δ vs | Δ linear test | Δ kNN test |\n"
+            + "|---" * 10 + "|\n")
+  stat = lambda e: f"{e['mean']:.1f} ± {e['std']:.1f}"
+  signed = lambda e: f"{e['mean']:+.1f} ± {e['std']:.1f}"
   rows = []
   for setting, result in summary.items():
-    cells = [f"{result[s][m]['mean']:.1f} ± {result[s][m]['std']:.1f}"
-             for m in METRICS for s in SPLITS]
     per_seed = " / ".join(f"{v:.1f}" for v in result["test"]["linear_top1"]["values"])
     steps = "" if result.get("steps") is None else str(result["steps"])
-    rows.append(f"| {setting} | {steps} | {cells[0]} | {per_seed} | " + " | ".join(cells[1:])
-                + " |")
+    paired = result.get("paired")
+    delta = ([paired["reference"], signed(paired["test"]["linear_top1"]),
+              signed(paired["test"]["knn_top1"])] if paired else ["", "", ""])
+    cells = ([setting, steps, stat(result["test"]["linear_top1"]), per_seed,
+              stat(result["test_ood"]["linear_top1"]), stat(result["test"]["knn_top1"]),
+              stat(result["test_ood"]["knn_top1"])] + delta)
+    rows.append("| " + " | ".join(cells) + " |")
   return (f"Top-1 (%) on the built-in dataset, mean ± standard deviation over {num_seeds} "
-          f"seed(s), measured on {machine.cpu_model()}.\nCommand: `{command}`\n\n" + header
-          + "\n".join(rows) + "\n")
+          f"seed(s), measured on {machine.cpu_model()}. Δ: the setting minus the named one, "
+          f"seed by seed (mean ± standard deviation of the differences).\n"
+          f"Command: `{command}`\n\n" + header + "\n".join(rows) + "\n")
 
 
 def plot(summary: dict[str, dict], path: pathlib.Path) -> None:

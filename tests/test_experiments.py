@@ -80,6 +80,16 @@ def test_summary_means_spreads_and_reference(tmp_path):
   table = ablations.markdown(summary, 3, "python -m experiments.ablations")
   assert "| relicv2 | 313 | 43.0 ± 2.6 | 40.0 / 44.0 / 45.0 |" in table
   assert "| random_init | 0 | 21.0 ± 1.0 | 20.0 / 22.0 / 21.0 |" in table
+  # Seed-by-seed differences: relicv2 - random init = 20, 22, 24; no_masking - relicv2 = -10.
+  gain = summary["relicv2"]["paired"]
+  assert gain["reference"] == "random_init" and gain["test"]["linear_top1"]["values"] == [
+      20.0, 22.0, 24.0]
+  drop = summary["no_masking"]["paired"]["test_ood"]["knn_top1"]
+  assert drop["values"] == [-10.0, -12.0, -11.0] and drop["std"] == pytest.approx(1.0)
+  assert "paired" not in summary["random_init"]
+  assert "| random_init | 0 | 21.0 ± 1.0 | 20.0 / 22.0 / 21.0 | 21.0 ± 1.0 | 20.0 ± 1.0 " \
+         "| 20.0 ± 1.0 |  |  |  |" in table
+  assert "| random_init | +22.0 ± 2.0 | +22.0 ± 2.0 |" in table
   ablations.plot(summary, tmp_path / "plot.png")
   assert (tmp_path / "plot.png").stat().st_size > 1000
 
