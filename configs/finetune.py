@@ -40,7 +40,8 @@ Runtime: 1pct: 60 epochs of 12.8k images (~0.6 ImageNet epochs of forward + back
   30 epochs of 128k (~3 ImageNet epochs); about one and a few GPU-node hours respectively.
 """
 
-from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
+from relic.config import check_config_args, parse_config_arg
+from relic.presets import apply_eval_runlocal, imagenet_eval_config
 
 EPOCHS = {"1pct": 60.0, "10pct": 30.0, "full": 30.0}   # [recon] SimCLR's semi-supervised recipe
 # [code] google-deepmind/relicv2 configs/eval.py (base_learning_rate) and main_loop.py's flags

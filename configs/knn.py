@@ -17,7 +17,8 @@ Expected: no published ReLICv2 kNN number exists; the quickstart encoder gives a
 Runtime: one encoder pass over the bank and the validation set (minutes on an accelerator).
 """
 
-from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
+from relic.config import check_config_args, parse_config_arg
+from relic.presets import apply_eval_runlocal, imagenet_eval_config
 
 
 def get_config(arg=None):

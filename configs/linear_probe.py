@@ -54,7 +54,8 @@ Runtime: the augmented protocol decodes and crops 128M images (100 epochs); on o
   needs one pass over ImageNet (tens of minutes) plus minutes for the heads.
 """
 
-from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
+from relic.config import check_config_args, parse_config_arg
+from relic.presets import apply_eval_runlocal, imagenet_eval_config
 
 # The 'sweep' variant [recon]: base rates and the hold-out (DeepMind's VALID = train[:10000]).
 SWEEP_LR_GRID = (0.1, 0.2, 0.3, 0.5, 1.0)

@@ -14,7 +14,7 @@ Compute: about 267 GFLOPs per image per step (online forward+backward on 4x224 +
   views, target forward on 4x224), 3.4e+20 FLOPs for 1000 epochs.
 """
 
-from relic.config import imagenet_pretrain_config
+from relic.presets import imagenet_pretrain_config
 
 
 def get_config(arg=None):

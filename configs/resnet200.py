@@ -15,7 +15,7 @@ Compute: about 494 GFLOPs per image per step (online forward+backward on 4x224 +
   Memory: use --config.model.dtype=bfloat16 --config.model.remat=True on 16 GiB devices.
 """
 
-from relic.config import imagenet_pretrain_config
+from relic.presets import imagenet_pretrain_config
 
 
 def get_config(arg=None):

@@ -22,7 +22,8 @@ Expected: ObjectNet top-1 25.9 for the ReLICv2 ResNet-50 (ReLIC 23.8, SimCLR 14.
   [unverified]. ImageNet-C alone is 75 x 50,000 images.
 """
 
-from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
+from relic.config import check_config_args, parse_config_arg
+from relic.presets import apply_eval_runlocal, imagenet_eval_config
 
 
 def get_config(arg=None):

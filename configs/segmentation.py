@@ -23,7 +23,8 @@ Expected (ResNet-50): ReLICv2 77.9 mIoU on VOC 2012 val [paperswithcode-derived 
   paper's results], 75.2 on Cityscapes val (BYOL 74.6) [paperswithcode entry].
 """
 
-from relic.config import QUICKSTART_BUILTIN, check_config_args, imagenet_eval_config, parse_config_arg
+from relic.config import check_config_args, parse_config_arg
+from relic.presets import QUICKSTART_BUILTIN, imagenet_eval_config
 
 
 def get_config(arg=None):

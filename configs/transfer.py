@@ -27,7 +27,8 @@ Expected: the paper's transfer table, e.g. CIFAR-100 85.3 and Stanford Cars 92.3
   there]; the other datasets' numbers are not reproduced here [unverified].
 """
 
-from relic.config import apply_eval_runlocal, check_config_args, imagenet_eval_config, parse_config_arg
+from relic.config import check_config_args, parse_config_arg
+from relic.presets import apply_eval_runlocal, imagenet_eval_config
 
 
 def get_config(arg=None):

@@ -82,7 +82,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import machine
-from relic import config as config_lib
+from relic import config as config_lib, presets
 from relic import objectives, parallel, schedules
 from relic.train import divergence, pretrain_step
 from relic.models import LinearHead, networks_from_config
@@ -173,7 +173,7 @@ def build_config(args: argparse.Namespace):
     from relic import config_files, main  # pylint: disable=import-outside-toplevel
     config = main.load_config_file(config_files.resolve(args.config))
   else:
-    config = config_lib.imagenet_pretrain_config(
+    config = presets.imagenet_pretrain_config(
         args.config_arg or None, depth=args.depth, width_multiplier=args.width_multiplier,
         name="bench_step")
   if args.stage_sizes:

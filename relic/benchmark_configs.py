@@ -28,8 +28,8 @@ import dataclasses
 
 import ml_collections
 
-from relic.config import (apply_eval_runlocal, apply_runlocal, base_config, check_config_args,
-                          parse_config_arg)
+from relic.config import base_config, check_config_args, parse_config_arg
+from relic.presets import apply_eval_runlocal, apply_runlocal
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from relic import config as config_lib, metrics
+from relic import config as config_lib, metrics, presets
 from relic.checkpoints import Checkpointer, read_results
 from relic.main import run as run_job
 from relic.train import divergence, loop
@@ -30,7 +30,7 @@ CHECKPOINT_EVERY = 2
 
 def pretrain_config(_):
   config = config_lib.base_config()
-  config_lib.apply_runlocal(config)
+  presets.apply_runlocal(config)
   config.train.update(dict(num_steps=NUM_STEPS, checkpoint_every_steps=CHECKPOINT_EVERY,
                            log_every_steps=1, eval_every_steps=0))
   config.data.augment_on_device = False   # float pixels, which can carry an injected NaN

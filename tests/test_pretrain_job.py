@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from relic import errors
-from relic import checkpoints, config as config_lib, main, metrics
+from relic import checkpoints, config as config_lib, main, metrics, presets
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
@@ -27,7 +27,7 @@ OVERRIDES = dict(num_steps=NUM_STEPS, checkpoint_every_steps=4, log_every_steps=
 
 def tiny_config(**train):
   config = config_lib.base_config()
-  config_lib.apply_runlocal(config)
+  presets.apply_runlocal(config)
   config.train.update(OVERRIDES)
   config.train.update(train)
   return config

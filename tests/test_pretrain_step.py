@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from relic import config as config_lib
+from relic import config as config_lib, presets
 from relic import optim, parallel
 from relic.models import networks_from_config
 from relic.train import divergence
@@ -16,7 +16,7 @@ from relic.train.states import create_train_state
 
 def tiny_config(**loss):
   config = config_lib.base_config()
-  config_lib.apply_runlocal(config)
+  presets.apply_runlocal(config)
   config.data.augment_on_device = False  # float views in; augmentation is tested elsewhere
   config.loss.update(loss)
   return config

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
-from relic import config as config_lib
+from relic import config as config_lib, presets
 from relic import checkpoints, errors, main, metrics, schedules
 from relic.data import pipeline
 
@@ -30,9 +30,9 @@ def resnet50_on_builtin(**train):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  assert config.data.expected_train_examples == IMAGENET == config_lib.IMAGENET_TRAIN_EXAMPLES
+  assert config.data.expected_train_examples == IMAGENET == presets.IMAGENET_TRAIN_EXAMPLES
   assert config.train.num_train_examples == 0      # the length is not fixed by the config
-  config_lib.apply_runlocal(config)                 # tiny model, built-in data ...
+  presets.apply_runlocal(config)                 # tiny model, built-in data ...
   config.data.expected_train_examples = IMAGENET    # ... with ImageNet's size still stated
   config.train.update(dict(num_steps=0, num_epochs=1.0, batch_size=BATCH, log_every_steps=1,
                            checkpoint_every_steps=2, eval_every_steps=0, view_images=3))
