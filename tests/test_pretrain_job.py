@@ -16,6 +16,7 @@ import pytest
 
 from relic import errors
 from relic import checkpoints, config as config_lib, main, metrics, presets
+from relic.jobs import pretrain
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
@@ -95,6 +96,19 @@ def test_resume_with_changed_architecture_fails_before_compute(uninterrupted):
   assert "model.base_width: saved 8, now 16" in message
   assert "train.num_steps: saved 12, now 16" in message
   assert max(losses(uninterrupted)) == NUM_STEPS  # nothing ran
+
+
+def test_more_sampled_negatives_than_the_batch_holds_fails_before_compute(tmp_path):
+  config = tiny_config()
+  config.loss.num_negatives = config.train.batch_size   # 64 per anchor, 63 other images
+  with pytest.raises(errors.ConfigError) as err:
+    main.run(config, str(tmp_path))
+  assert ("config.loss.num_negatives: 64 sampled negatives per anchor need more than 64 images "
+          "in the global batch, got train.batch_size=64 (63 others)") in str(err.value)
+  assert "Fix: use at most --config.loss.num_negatives=63" in str(err.value)
+  assert not metrics.read_metrics(str(tmp_path))   # nothing ran
+  config.loss.num_negatives = config.train.batch_size - 1
+  pretrain.validate(config)   # the largest valid count passes
 
 
 def test_failed_save_stops_cleanly_and_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -80,6 +80,14 @@ def _check_settings(config) -> None:
     raise ConfigError(f"config.loss.objective: unknown objective {objective!r}. "
                       f"Fix: choose one of {', '.join(repr(o) for o in objectives.OBJECTIVES)}.")
   _check_baseline(config)
+  negatives, batch = config.loss.num_negatives, config.train.batch_size
+  if negatives >= batch > 0:
+    # Sampled per anchor from the other images of the global batch (relic/objectives.py).
+    raise ConfigError(f"config.loss.num_negatives: {negatives} sampled negatives per anchor "
+                      f"need more than {negatives} images in the global batch, got "
+                      f"train.batch_size={batch} ({batch - 1} others). Fix: use at most "
+                      f"--config.loss.num_negatives={batch - 1}, 0 for the whole batch, or a "
+                      f"train.batch_size above {negatives}.")
 
 
 def _check_baseline(config) -> None:
