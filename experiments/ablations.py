@@ -59,21 +59,23 @@ LONG_FACTOR = 4
 # Overrides of configs/quickstart.py per setting (config paths as on the command line).
 SETTINGS: dict[str, dict[str, object]] = {
     "relicv2": {},
-    "no_invariance": {"loss.beta": 0.0},
-    "no_small_views": {"data.views.small.num": 0},
-    "no_masking": {"data.mask_prob": 0.0},
-    "job_masks": {"data.mask_path": "{saliency_masks}"},
-    "two_view_byol": {"data.views.small.num": 0, "data.mask_prob": 0.0},
-    "supervised": {"loss.objective": "supervised", "model.projector_output_dim": 10},
     # The paper's comparison in one pipeline: same views (masking included), encoder, schedule.
     "byol": {"loss.objective": "byol", "model.predictor": True},   # BYOL needs its predictor
     "simclr": {"loss.objective": "simclr"},
-    # beta in {0 (no_invariance), 0.3, 1 (relicv2), 3}; n_e in {all (relicv2: 63), 10, 50}: a
-    # batch of 64 has 63 other images per anchor, so 100 (of 127 at batch 128) becomes 50.
+    "supervised": {"loss.objective": "supervised", "model.projector_output_dim": 10},
+    # beta in {0, 0.3, 1 (relicv2), 3}.
+    "no_invariance": {"loss.beta": 0.0},
     "beta_0.3": {"loss.beta": 0.3},
     "beta_3": {"loss.beta": 3.0},
+    # n_e in {all (relicv2: 63), 10, 50}: a batch of 64 has 63 other images per anchor, so 100
+    # (of 127 at batch 128) becomes 50.
     "negatives_10": {"loss.num_negatives": 10},
     "negatives_50": {"loss.num_negatives": 50},
+    # Views and masking.
+    "no_small_views": {"data.views.small.num": 0},
+    "two_view_byol": {"data.views.small.num": 0, "data.mask_prob": 0.0},
+    "no_masking": {"data.mask_prob": 0.0},
+    "job_masks": {"data.mask_path": "{saliency_masks}"},
     # The verdicts that may depend on training length, on a LONG_FACTOR x longer schedule.
     "relicv2_long": {EPOCHS_FACTOR: LONG_FACTOR},
     "no_invariance_long": {"loss.beta": 0.0, EPOCHS_FACTOR: LONG_FACTOR},
