@@ -1,40 +1,44 @@
-r"""The paper's claims at CPU scale: ReLICv2 and its ablations on the built-in dataset.
+r"""The paper's claims at CPU scale: ReLICv2, its baselines and its ablations on the built-in data.
 
-Run from the repository root. Every setting for the default 3 seeds is about 2.5 hours on a
-2-core Intel Xeon (estimated: a 2-epoch run of today's quickstart recipe takes about 2 minutes
-there, a 4x run about 6, the saliency job of 'job_masks' 20 minutes); --settings picks a subset:
+Run from the repository root. On a 2-core Intel Xeon a 2-epoch run takes 90-100 s, a 4x run
+about 285 s and the saliency job of 'job_masks' about 20 minutes, so every setting for the
+default 3 seeds is about 2 h 10 min (1 h 50 min without job_masks); --settings picks a subset:
   python -m experiments.ablations --workdir=/tmp/relic_ablations
   python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
   python -m experiments.ablations --workdir=/tmp/relic_ablations --settings=relicv2,byol,simclr,supervised
 
 Every setting pretrains the quickstart encoder (configs/quickstart.py) with the quickstart
-recipe for 2 epochs (``--epochs``; the quickstart runs 2.5), changing only what the setting
-names, then scores frozen features with the quickstart's
-final evaluation (L2 logistic regression and weighted kNN, k=20) on the in-distribution 'test'
-split and the 'test_ood' split (background textures never seen in training):
+recipe for 2 epochs (``--epochs``; 313 steps of 64 images; the quickstart itself runs 3),
+changing only what the setting names, then scores frozen features with the quickstart's final
+evaluation (L2 logistic regression and weighted kNN, k=20, fit on 5,000 training images) on the
+in-distribution 'test' split and the 'test_ood' split (background textures never seen in
+training):
 
   relicv2          the quickstart recipe: 2 large + 2 small views, saliency masking, beta = 1
+  byol, simclr     BYOL's and SimCLR's objectives (loss.objective) on the same views, masking,
+                   network and schedule: the paper's comparison in one pipeline
+  byol_ema         byol with its own slow target (ema.base_rate 0.99) instead of the recipe's 0
+  supervised       cross-entropy on the labels, same views, network and schedule (reference)
   no_invariance    beta = 0: the contrastive (InfoNCE) term alone
+  beta_0.3, beta_3 the invariance weight beta (0 = no_invariance, 1 = relicv2)
+  negatives_10, negatives_50    n_e sampled negatives per anchor (relicv2: all 63 other images of
+                   the batch of 64; 50 keeps the share of 100 in a batch of 128)
   no_small_views   the 2 large views only (no multi-crop)
+  two_view_byol    BYOL's view setting: 2 large views, no small views, no masking
   no_masking       p_m = 0: no saliency-masked views
   job_masks        p_m = 0.1 with the saliency job's masks (configs/saliency.py:builtin: classical
                    cues + FCN refinement, no labels) instead of the built-in exact object masks;
                    the job runs once, into --workdir/saliency_job
-  two_view_byol    BYOL's view setting: 2 large views, no small views, no masking
-  supervised       cross-entropy on the labels, same views, network and schedule (reference)
-  byol, simclr     BYOL's and SimCLR's objectives (loss.objective) on the same views, masking,
-                   network and schedule: the paper's comparison in one pipeline
-  beta_0.3, beta_3 the invariance weight beta (0 = no_invariance, 1 = relicv2)
-  negatives_10, negatives_50    n_e sampled negatives per anchor (relicv2: all 63 other images of
-                   the batch of 64; 50 keeps the share of 100 in a batch of 128)
   relicv2_long, no_invariance_long, no_masking_long   4x the schedule (--epochs x 4: 1,250 steps
                    at the default 2 epochs), for the verdicts that may depend on training length
   random_init      the random-init encoder of each run's own seed (reference, no training)
 
 Each (setting, seed) is one ``python -m relic.main`` process with its own workdir under
 ``--workdir``; finished runs (``results.json`` present) are not repeated, so rerunning the
-command after an interruption continues where it stopped. The summary (mean and standard
-deviation over seeds) goes to ``--out`` as ablations.json, ablations.md and ablations.png.
+command after an interruption continues where it stopped. The summary goes to ``--out`` as
+ablations.json, ablations.md and ablations.png: per setting the mean, standard deviation and
+per-seed values, the steps trained, and the seed-by-seed differences to its reference
+(``PAIRED_WITH``).
 """
 
 from __future__ import annotations
