@@ -2,7 +2,7 @@ r"""The paper's claims at CPU scale: ReLICv2, its baselines and its ablations on
 
 Run from the repository root. On a 2-core Intel Xeon a 2-epoch run takes 90-100 s, a 4x run
 140-285 s and the saliency job of 'job_masks' about 20 minutes, so every setting for the
-default 3 seeds is about 2 h 20 min (2 h without job_masks); --settings picks a subset:
+default 3 seeds is about 2 h 35 min (2 h 15 min without job_masks); --settings picks a subset:
   python -m experiments.ablations --workdir=/tmp/relic_ablations
   python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
   python -m experiments.ablations --workdir=/tmp/relic_ablations --settings=relicv2,byol,simclr,supervised
@@ -29,9 +29,9 @@ training):
   job_masks        p_m = 0.1 with the saliency job's masks (configs/saliency.py:builtin: classical
                    cues + FCN refinement, no labels) instead of the built-in exact object masks;
                    the job runs once, into --workdir/saliency_job
-  relicv2_long, no_invariance_long, no_masking_long, no_small_views_long   4x the schedule
-                   (--epochs x 4: 1,250 steps at the default 2 epochs), for the verdicts that
-                   may depend on training length
+  relicv2_long, no_invariance_long, no_masking_long, no_small_views_long, simclr_long
+                   4x the schedule (--epochs x 4: 1,250 steps at the default 2 epochs), for
+                   the verdicts that may depend on training length
   random_init      the random-init encoder of each run's own seed (reference, no training)
 
 Each (setting, seed) is one ``python -m relic.main`` process with its own workdir under
@@ -89,6 +89,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "no_invariance_long": {"loss.beta": 0.0, EPOCHS_FACTOR: LONG_FACTOR},
     "no_masking_long": {"data.mask_prob": 0.0, EPOCHS_FACTOR: LONG_FACTOR},
     "no_small_views_long": {"data.views.small.num": 0, EPOCHS_FACTOR: LONG_FACTOR},
+    "simclr_long": {"loss.objective": "simclr", EPOCHS_FACTOR: LONG_FACTOR},
 }
 REFERENCE = "random_init"   # read from every run's results (same architecture, same seed)
 SALIENCY_RUN = "saliency_job"   # below --workdir: the saliency job's run for 'job_masks'
@@ -163,7 +164,7 @@ def trained_steps(workdir: pathlib.Path) -> int | None:
 # ReLICv2. ReLICv2 itself against the random-init encoder gives the gain from pretraining.
 PAIRED_WITH = {"relicv2": REFERENCE, "byol_ema": "byol", "relicv2_long": "relicv2",
                "no_invariance_long": "relicv2_long", "no_masking_long": "relicv2_long",
-               "no_small_views_long": "relicv2_long"}
+               "no_small_views_long": "relicv2_long", "simclr_long": "relicv2_long"}
 
 
 def paired_reference(setting: str) -> str | None:
