@@ -1,8 +1,8 @@
 r"""The paper's claims at CPU scale: ReLICv2, its baselines and its ablations on the built-in data.
 
-Run from the repository root. On a 2-core Intel Xeon a 2-epoch run takes 90-100 s, a 4x run
-140-285 s and the saliency job of 'job_masks' about 20 minutes, so every setting for the
-default 3 seeds is about 2 h 35 min (2 h 15 min without job_masks); --settings picks a subset:
+Run from the repository root. On a 2-core Intel Xeon a 2-epoch run takes 59-110 s, a 4x run
+178-286 s and the saliency job of 'job_masks' about 20 minutes, so every setting for the
+default 3 seeds is about 2 h 25 min (117 minutes without job_masks); --settings picks a subset:
   python -m experiments.ablations --workdir=/tmp/relic_ablations
   python -m experiments.ablations --workdir=/tmp/relic_ablations --seeds=0 --epochs=1  # a smoke run
   python -m experiments.ablations --workdir=/tmp/relic_ablations --settings=relicv2,byol,simclr,supervised
