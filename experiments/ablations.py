@@ -160,16 +160,19 @@ def trained_steps(workdir: pathlib.Path) -> int | None:
   return max((s for s in steps if s is not None), default=None)
 
 
-# The setting each one is compared with seed by seed; every other setting is compared with
-# ReLICv2. ReLICv2 itself against the random-init encoder gives the gain from pretraining.
-PAIRED_WITH = {"relicv2": REFERENCE, "byol_ema": "byol", "relicv2_long": "relicv2",
-               "no_invariance_long": "relicv2_long", "no_masking_long": "relicv2_long",
-               "no_small_views_long": "relicv2_long", "simclr_long": "relicv2_long"}
+# Seed-by-seed references other than the default: ReLICv2 against the random-init encoder (the
+# gain from pretraining), its 4x schedule against its own, BYOL's slow target against BYOL.
+# Every other 4x-schedule setting is compared with relicv2_long, every other one with relicv2.
+PAIRED_WITH = {"relicv2": REFERENCE, "relicv2_long": "relicv2", "byol_ema": "byol"}
 
 
 def paired_reference(setting: str) -> str | None:
   """The setting that ``setting`` is compared with seed by seed (same seed, same data)."""
-  return None if setting == REFERENCE else PAIRED_WITH.get(setting, "relicv2")
+  if setting == REFERENCE:
+    return None
+  if setting in PAIRED_WITH:
+    return PAIRED_WITH[setting]
+  return "relicv2_long" if EPOCHS_FACTOR in SETTINGS.get(setting, {}) else "relicv2"
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:

@@ -87,6 +87,12 @@ def test_summary_means_spreads_and_reference(tmp_path):
   drop = summary["no_masking"]["paired"]["test_ood"]["knn_top1"]
   assert drop["values"] == [-10.0, -12.0, -11.0] and drop["std"] == pytest.approx(1.0)
   assert "paired" not in summary["random_init"]
+  # Every 4x-schedule ablation is compared with ReLICv2 on the same schedule.
+  assert {s: ablations.paired_reference(s) for s in ablations.SETTINGS
+          if s.endswith("_long")} == {"relicv2_long": "relicv2", "no_invariance_long":
+                                      "relicv2_long", "no_masking_long": "relicv2_long",
+                                      "no_small_views_long": "relicv2_long",
+                                      "simclr_long": "relicv2_long"}
   assert "| random_init | 0 | 21.0 ± 1.0 | 20.0 / 22.0 / 21.0 | 21.0 ± 1.0 | 20.0 ± 1.0 " \
          "| 20.0 ± 1.0 |  |  |  |" in table
   assert "| random_init | +22.0 ± 2.0 | +22.0 ± 2.0 |" in table
