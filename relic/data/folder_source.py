@@ -12,8 +12,15 @@ Layout (``config.data.path = DIR``):
     first folder on its path below the split folder; files directly in the split folder, or
     under a folder that is not a training class, get label -1. No sub-folders: no classes.
   * Formats: anything ``tf.io.decode_image`` reads (JPEG, PNG, GIF, BMP, WebP) plus what Pillow
-    reads (TIFF...), converted once into the cache; unreadable files are skipped (counted in
-    the log). See relic/data/image_check.py.
+    reads (TIFF...), converted once into the cache; unreadable files, files too large for the
+    training decoder and what is not a regular file (a named pipe, a socket, a device) are
+    skipped (counted in the log). See relic/data/image_check.py.
+  * Links: links to files and folders are followed (a dataset may be a tree of links), each real
+    file counted once, under the first path met (depth first, in name order). A directory link
+    that points into the split folder (its files are listed under their own names already) or
+    at a folder that holds the split (a loop) is not followed, so a link loop can neither
+    multiply the data nor hang the listing; nor is a folder entered twice (two links to one
+    folder outside the split).
   * Saliency masks (``config.data.mask_path = MASKDIR``): the mask of ``DIR/a/b/x.jpg`` is
     ``MASKDIR/a/b/x.<any image extension>``, matched by stem; grayscale, 255 = foreground,
     any size (resized to the image). An image without a mask is used unmasked (counted in the
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Iterator
 
 import ml_collections
 import numpy as np
@@ -36,13 +44,81 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", 
                               ".tif", ".tiff"})
 
 
+def _is_image_name(name: str) -> bool:
+  return pathlib.PurePath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _within(path: str, folder: str) -> bool:
+  """Whether ``path`` is ``folder`` or below it (both real paths)."""
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _enters(link: str, top: str) -> bool:
+  """Whether a listing of the folder whose real path is ``top`` follows the directory link
+  ``link``: not into ``top`` (its files are listed under their own names) nor to a folder that
+  holds ``top`` (a loop)."""
+  target = os.path.realpath(link)
+  return not (_within(target, top) or _within(top, target))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+  try:
+    return entry.is_dir()
+  except OSError:                     # e.g. a link that loops onto itself
+    return False
+
+
+def iter_images(folder: pathlib.Path) -> Iterator[pathlib.Path]:
+  """The image files below ``folder`` by name (a broken link, a pipe named x.jpg included: the
+  up-front check skips them), depth first in name order; links followed as the module docstring
+  says. Lazy: the start-up check stops at the first."""
+  top = os.path.realpath(folder)
+  entered: set[tuple[int, int]] = set()    # (device, inode) of every folder listed
+  # Real paths of the files met through a link or outside ``top``: the only ones that can be met
+  # twice (a file inside is met once, under its own path, as links into ``top`` are not taken).
+  met: set[str] = set()
+  pending = [(str(folder), top)]           # (path, real path) of the folders to list
+  while pending:
+    directory, real_directory = pending.pop()
+    try:
+      status = os.stat(directory)
+      if (status.st_dev, status.st_ino) in entered:
+        continue
+      entered.add((status.st_dev, status.st_ino))
+      with os.scandir(directory) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    except OSError:                        # unreadable: skipped, as os.walk does
+      continue
+    subfolders = []
+    for entry in entries:
+      linked = entry.is_symlink()
+      if _is_dir(entry):
+        if not linked:
+          subfolders.append((entry.path, os.path.join(real_directory, entry.name)))
+        elif _enters(entry.path, top):
+          subfolders.append((entry.path, os.path.realpath(entry.path)))
+      elif _is_image_name(entry.name):
+        real = os.path.realpath(entry.path) if linked else os.path.join(real_directory, entry.name)
+        if linked and _within(real, top) and _is_image_name(real) and os.path.exists(real):
+          continue                         # listed under its own name
+        if linked or not _within(real, top):
+          if real in met:
+            continue
+          met.add(real)
+        yield pathlib.Path(entry.path)
+    pending.extend(reversed(subfolders))
+
+
 def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
-  """All image files below ``folder`` (following links), sorted by path."""
-  found = []
-  for dirpath, _, filenames in os.walk(folder, followlinks=True):
-    found.extend(pathlib.Path(dirpath) / f for f in filenames
-                 if pathlib.Path(f).suffix.lower() in IMAGE_EXTENSIONS)
-  return sorted(found)
+  """All image files below ``folder`` (:func:`iter_images`), sorted by path."""
+  return sorted(iter_images(folder))
+
+
+def subfolders(folder: pathlib.Path) -> list[pathlib.Path]:
+  """The folders directly below ``folder`` that :func:`iter_images` enters, sorted by name."""
+  top = os.path.realpath(folder)
+  return sorted(d for d in folder.iterdir()
+                if d.is_dir() and (not d.is_symlink() or _enters(str(d), top)))
 
 
 def mask_index(mask_root: pathlib.Path, cache: pathlib.Path) -> dict[str, str]:
@@ -85,24 +161,32 @@ class FolderSource(sources.Source):
         sources.fail(field, str(e).rstrip("."), "use NAME, NAME[start:stop] or NAME+NAME")
       for name in names:
         folder = source.split_dir(name)
-        if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*")):
+        if next(iter_images(folder), None) is None:
           sources.fail("path", f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under "
                        f"{str(folder)!r} for config.data.{field}={data[field]!r}",
                        "put images there (class sub-folders optional) or fix the path/split")
 
+  def _is_split_folder(self, folder: pathlib.Path) -> bool:
+    """A folder below the root; a link counts unless it points at the root or above (a split
+    holding the other splits)."""
+    return folder.is_dir() and not (folder.is_symlink() and _within(
+        os.path.realpath(self.root), os.path.realpath(folder)))
+
   def split_dir(self, name: str) -> pathlib.Path:
-    present = tuple(d.name for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else ()
+    present = (tuple(d.name for d in self.root.iterdir() if self._is_split_folder(d))
+               if self.root.is_dir() else ())
     resolved = splits.resolve_name(name, present)
     return self.root / resolved if resolved else self.root
 
   def split_names(self) -> tuple[str, ...]:
     names = [n for n in ("train", "val", "validation", "test")
-             if (self.root / n).is_dir()]
+             if self._is_split_folder(self.root / n)]
     return tuple(names) or ("train",)
 
   def classes(self) -> list[str]:
+    """The training split's class folders: those its listing enters (see the module docstring)."""
     train_dir = self.split_dir(splits.parse(splits.parts(self._train_split)[0])[0])
-    return sorted(d.name for d in train_dir.iterdir() if d.is_dir()) if train_dir.is_dir() else []
+    return [d.name for d in subfolders(train_dir)] if train_dir.is_dir() else []
 
   def num_classes(self) -> int:
     return len(self.classes())
