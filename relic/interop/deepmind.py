@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from etils import epath
 
-from relic.interop import pickle_reader
+from relic.interop import pickle_reader, pickle_scan
 from relic.interop.architecture import EncoderSpec, parse_arch, spec_from_variables
 from relic.interop.shapes import check_variables
 from relic.models.resnet import ResNet
@@ -42,6 +42,14 @@ _BLOCK = re.compile(r"^block_group_(\d+)/~/block_(\d+)/~/(\w+)$")
 _LAYER = {"batchnorm_0": "bn_0", "batchnorm_1": "bn_1", "batchnorm_2": "bn_2",
           "shortcut_batchnorm": "shortcut_bn"}
 _IGNORED_ENCODER_MODULES = ("logits",)  # BYOL's encoder declares a classifier it never uses
+# References the search for the online network may follow. A ResNet-200 2x experiment state
+# (online and target networks, their BatchNorm state, the optimiser's momentum) holds a few
+# thousand arrays in about ten thousand dicts and tuples, and the search stops at the online
+# network, which comes first; a million takes about a second to walk.
+MAX_TREE_REFERENCES = 1_000_000
+# The online network's arrays may take as many bytes as the file (each array's data is in the
+# file once) plus this: Python numbers among them take more memory than their pickled bytes.
+ARRAY_BYTES_SLACK = 1 << 20
 
 
 def _is_params(tree: Any) -> bool:
@@ -66,23 +74,83 @@ def _children(node: Any) -> list[Any]:
   return []
 
 
-def _find(tree: Any, field: str, predicate: Callable[[Any], bool]) -> Any:
+def _find(tree: Any, field: str, predicate: Callable[[Any], bool], path: str) -> Any:
   """The experiment state's ``field``, by name where the pickle kept names, else by shape.
 
   Without names (BYOL's namedtuple read without BYOL installed) the first match in pickling
   order is taken: the online network comes before the target in both experiment states.
+  The search visits each object once however often it is referenced (a pickle can share one
+  object at every level, 2**64 paths in a few hundred bytes), refuses cycles (an experiment
+  state is a tree) and follows at most :data:`MAX_TREE_REFERENCES` references,
+  ``pickle_scan.MAX_NESTING`` deep.
   """
   state = tree.get("experiment_state", tree) if isinstance(tree, Mapping) else tree
   named = state.get(field) if isinstance(state, Mapping) else getattr(state, field, None)
   if predicate(named):
     return named
-  stack = [tree]
+  seen: set[int] = set()  # ids stay unique: every object is alive in ``tree``
+  path_ids: set[int] = set()  # the objects from ``tree`` down to the current one
+  references = 0
+  stack: list[tuple[Any, bool]] = [(tree, False)]  # (object, leaving it)
   while stack:
-    node = stack.pop(0)
+    node, leaving = stack.pop()
+    if leaving:
+      path_ids.discard(id(node))
+      continue
+    if id(node) in path_ids:
+      raise pickle_reader.UnsafePickleError(
+          f"{path}: the pickled objects form a cycle (a {type(node).__name__} inside itself). "
+          f"DeepMind's experiment states are trees of dicts, tuples and arrays; a cycle is "
+          f"made to hang a reader that follows references.")
+    if id(node) in seen:
+      continue
+    seen.add(id(node))
     if predicate(node):
       return node
-    stack = _children(node) + stack  # depth-first, in pickling order
+    children = _children(node)
+    if not children:
+      continue
+    references += len(children)
+    if references > MAX_TREE_REFERENCES:
+      raise pickle_reader.UnsafePickleError(
+          f"{path}: more than {MAX_TREE_REFERENCES:,} references followed without finding "
+          f"'{field}'; DeepMind's largest checkpoints hold a few thousand arrays in about ten "
+          f"thousand containers.")
+    if len(path_ids) >= pickle_scan.MAX_NESTING:
+      raise pickle_reader.UnsafePickleError(
+          f"{path}: objects nested more than {pickle_scan.MAX_NESTING} levels deep; DeepMind "
+          f"checkpoints nest at most about twenty.")
+    path_ids.add(id(node))
+    stack.append((node, True))
+    stack.extend((child, False) for child in reversed(children))  # in pickling order
   return None
+
+
+def _check_arrays(trees: Mapping[str, Mapping[str, Any]], path: str, file_bytes: int) -> None:
+  """Every value of the online network is a numeric array (or number), and all of them take no
+  more bytes than the file holds: :func:`_as_numpy` copies each, so one array named under many
+  keys would otherwise be copied as often."""
+  limit, total = file_bytes + ARRAY_BYTES_SLACK, 0
+  for field, tree in trees.items():
+    for module, values in tree.items():
+      if not isinstance(values, Mapping):
+        continue
+      for name, value in values.items():
+        if not isinstance(value, (np.ndarray, np.generic, bool, int, float)):
+          raise ValueError(f"{path}: {field}[{module!r:.100}][{name!r:.100}] is a "
+                           f"{type(value).__name__}, not an array; DeepMind checkpoints keep "
+                           f"numpy arrays there.")
+        array = np.asarray(value)  # no copy of an array; numbers become 0-d arrays
+        if array.dtype.kind not in "biuf" or array.dtype.fields is not None:
+          raise ValueError(f"{path}: {field}[{module!r:.100}][{name!r:.100}] has dtype "
+                           f"{array.dtype.str}; DeepMind's parameters are numeric.")
+        total += array.nbytes
+        if total > limit:
+          raise pickle_reader.UnsafePickleError(
+              f"{path}: the online network's arrays take more array bytes than the file holds "
+              f"(over {limit:,}: its {file_bytes:,} bytes + {ARRAY_BYTES_SLACK:,}): an array "
+              f"stored once is named many times and would be copied for each name (a pickle "
+              f"bomb).")
 
 
 def _as_numpy(tree: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
@@ -100,15 +168,22 @@ def read_deepmind_pickle(path: str) -> tuple[dict[str, dict[str, np.ndarray]],
 
   Returns flat Haiku dicts (``{'res_net50/~/initial_conv': {'w': array}}``) of numpy arrays
   with any leading per-device axis removed.
+
+  Raises:
+    ValueError: the file is not such a checkpoint, or (``pickle_reader.UnsafePickleError``) it
+      asks the reader for something it refuses: a name outside its allow-list, or more
+      objects, nesting or bytes than the file size allows (relic/interop/pickle_reader.py).
   """
   with epath.Path(path).open("rb") as f:
-    tree = pickle_reader.load(f)
-  params = _find(tree, "online_params", _is_params)
-  state = _find(tree, "online_state", _is_state)
+    file_bytes = pickle_scan.stream_size(f)
+    tree = pickle_reader.load(f, source=str(path))
+  params = _find(tree, "online_params", _is_params, path)
+  state = _find(tree, "online_state", _is_state, path)
   if params is None or state is None:
     raise ValueError(f"{path}: no Haiku ResNet found (expected 'online_params' with an "
                      f"'.../initial_conv' module and 'online_state' with BatchNorm EMAs, as in "
                      f"DeepMind's BYOL/ReLICv2 checkpoints).")
+  _check_arrays({"online_params": params, "online_state": state}, path, file_bytes)
   params, state = _as_numpy(params), _as_numpy(state)
   stem = next(v["w"] for k, v in params.items() if _is_params({k: v}))
   if stem.ndim == 5:  # ReLICv2 files keep the per-device copies: take device 0, like its eval
