@@ -1,5 +1,6 @@
 """The online encoder of a relic checkpoint as host arrays, read without the train state (for
-evaluation jobs, export and interop)."""
+evaluation jobs, export and interop). What is read is verified against the checksums written
+with the checkpoint, as the train loop's restore is."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from relic.checkpoints.layout import (CONFIG_JSON, ENCODER, META_ITEM, STATE_ITEM, read_config,
-                                      step_dirs, workdir_of)
+from relic.checkpoints import integrity
+from relic.checkpoints.layout import (CHECKSUMS_KEY, CONFIG_JSON, ENCODER, META_ITEM, STATE_ITEM,
+                                      read_config, step_dirs, workdir_of)
 from relic.checkpoints.orbax_checkpointer import CheckpointRestoreError
 
 
@@ -25,28 +27,47 @@ def _tuples(value: Any) -> Any:
   return value
 
 
-def read_state_part(step_dir: epath.Path, select: Callable[[Mapping[str, Any]], Any]) -> Any:
-  """The part of a step's train state that ``select`` picks out of the stored tree's metadata
-  (e.g. ``lambda tree: {'probe_params': tree['probe_params']}``), as host numpy arrays; the
-  rest of the state is not read."""
-  handler = ocp.PyTreeCheckpointHandler()
+def _read_meta(step_dir: epath.Path) -> dict[str, Any]:
+  handler = ocp.JsonCheckpointHandler()
   try:
-    item = select(handler.metadata(step_dir / STATE_ITEM).tree)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    return handler.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
+    return dict(handler.restore(step_dir / META_ITEM) or {})
   finally:
     handler.close()
 
 
-def _restore_encoder_from(step_dir: epath.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-  restored = read_state_part(step_dir, lambda tree: {
-      g: {ENCODER: tree[g][ENCODER]} for g in ("online_params", "online_batch_stats")})
-  meta_handler = ocp.JsonCheckpointHandler()
+def _read_part(step_dir: epath.Path, select: Callable[[Mapping[str, Any]], Any]
+               ) -> tuple[Any, dict[str, Any]]:
+  """``(part, meta)``: the selected part of the state, verified against its checksums."""
+  handler = ocp.PyTreeCheckpointHandler()
   try:
-    meta = meta_handler.restore(step_dir / META_ITEM) or {}
+    item = select(handler.metadata(step_dir / STATE_ITEM).tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    part = handler.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
   finally:
-    meta_handler.close()
+    handler.close()
+  meta = _read_meta(step_dir)
+  where = f"Checkpoint step {step_dir.name} in {step_dir.parent}"
+  if not integrity.verify(part, meta.pop(CHECKSUMS_KEY, None), where):
+    logging.warning("%s has no checksums (written before relic checksummed checkpoints): read, "
+                    "not verified.", where)
+  return part, meta
+
+
+def read_state_part(step_dir: epath.Path, select: Callable[[Mapping[str, Any]], Any]) -> Any:
+  """The part of a step's train state that ``select`` picks out of the stored tree's metadata
+  (e.g. ``lambda tree: {'probe_params': tree['probe_params']}``), as host numpy arrays; the
+  rest of the state is not read.
+
+  Raises:
+    integrity.CheckpointIntegrityError: the part read differs from its checksums.
+  """
+  return _read_part(step_dir, select)[0]
+
+
+def _restore_encoder_from(step_dir: epath.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+  restored, meta = _read_part(step_dir, lambda tree: {
+      g: {ENCODER: tree[g][ENCODER]} for g in ("online_params", "online_batch_stats")})
   variables = {"params": restored["online_params"][ENCODER],
                "batch_stats": restored["online_batch_stats"][ENCODER]}
   return meta, variables
@@ -65,6 +86,7 @@ def restore_encoder(path: str | epath.PathLike) -> tuple[dict[str, Any], dict[st
 
   Raises:
     FileNotFoundError: no checkpoint under ``path`` (the message says how to make one).
+    CheckpointRestoreError: no checkpoint under ``path`` can be read and verified.
   """
   errors = []
   for step_dir in step_dirs(path):

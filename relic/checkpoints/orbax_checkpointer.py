@@ -15,15 +15,30 @@ Guarantees, and how they are obtained:
     mid-write leaves only a temporary directory, which is never listed as a step and is cleaned
     up the next time a :class:`Checkpointer` opens the directory.
   * Old checkpoints are deleted only after the new one is committed (Orbax's finalize runs the
-    retention policy after the commit), so the last good checkpoint survives a failed save.
-  * A committed checkpoint that cannot be read back (truncated or deleted file: a full disk at
-    the wrong moment, a bad copy) is skipped with a warning and the previous step restored; the
-    bad step is moved to ``WORKDIR/checkpoints_corrupt/`` so the resumed run can save that step
-    number again. All processes agree on the step restored (each reads only its own shards, so
-    a bad file may fail on one process only).
+    retention policy after the commit), so the last good checkpoint survives a failed save. A
+    step is deleted by renaming it into ``checkpoints/deleting/`` first (Orbax's
+    ``todelete_subdir``), then removing that directory: a kill in the middle of a deletion
+    leaves nothing Orbax lists. (On object stores Orbax ignores that option and deletes in
+    place; the next point and the checksums cover what such a kill leaves.)
+  * A step directory without Orbax's commit marker and commit time (see
+    :func:`relic.checkpoints.layout.incomplete_reason`: a deletion or a save cut short, by this
+    or an older relic) is moved to ``WORKDIR/checkpoints_corrupt/`` with a warning when a
+    :class:`Checkpointer` opens the directory: it is never listed, restored or taken as the
+    last good checkpoint.
+  * Every array is checksummed on its devices before the save (:mod:`.integrity`; stored in
+    ``meta`` under ``state_checksums``) and verified after the restore. A committed checkpoint
+    that cannot be read back (truncated or deleted file: a full disk at the wrong moment) or
+    whose arrays differ from their checksums (bit rot, a bad copy, another step's file) is
+    skipped with a warning and the previous step restored; the bad step is moved to
+    ``WORKDIR/checkpoints_corrupt/`` so the resumed run can save that step number again. All
+    processes agree on the step restored (each reads only its own shards, so a bad file may
+    fail on one process only). Checkpoints written before checksums restore, with a warning
+    that they were not verified.
   * A failed save (full disk, no permission) raises :class:`CheckpointSaveError` naming the
-    directory, the step and the cause; nothing is half-committed, and the error propagates
-    (asynchronous errors surface at the next ``save``, ``wait`` or ``close``).
+    directory, the step and the cause; nothing is half-committed, and the error propagates.
+    An asynchronous write's failure surfaces at the first :meth:`Checkpointer.check_save` after
+    the write ended (the train loop's step boundaries), else at the next ``save``, ``wait`` or
+    ``close``; Orbax's threads add one line in all, no tracebacks (:mod:`.orbax_noise`).
 
 The train state convention shared with the jobs: a dict with ``online_params``,
 ``online_batch_stats``, ``target_params``, ``target_batch_stats``, ``opt_state``,
@@ -44,7 +59,9 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from relic.checkpoints.layout import CORRUPT_DIR, META_ITEM, STATE_ITEM, checkpoint_dir
+from relic.checkpoints import integrity, orbax_noise
+from relic.checkpoints.layout import (CHECKSUMS_KEY, CORRUPT_DIR, DELETING_DIR, META_ITEM,
+                                      STATE_ITEM, STEP_NAME, checkpoint_dir, incomplete_reason)
 
 
 class CheckpointSaveError(RuntimeError):
@@ -52,7 +69,7 @@ class CheckpointSaveError(RuntimeError):
 
 
 class CheckpointRestoreError(RuntimeError):
-  """No checkpoint of the requested step(s) could be read back."""
+  """No checkpoint of the requested step(s) could be read back, or its checksums fail."""
 
 
 def config_to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
@@ -96,6 +113,8 @@ class Checkpointer:
     self._async_save = async_save
     self._pending_step: int | None = None
     self._failure: CheckpointSaveError | None = None
+    orbax_noise.install()
+    self._set_aside_incomplete_steps()
     self._manager = self._open(cleanup_tmp=True)
 
   def _open(self, cleanup_tmp: bool) -> ocp.CheckpointManager:
@@ -106,6 +125,8 @@ class Checkpointer:
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=self._async_save,
         cleanup_tmp_directories=cleanup_tmp,
+        # Deletion renames the step out of the listing first; _empty_trash removes it.
+        todelete_subdir=DELETING_DIR,
         create=True,
     )
     try:
@@ -145,8 +166,13 @@ class Checkpointer:
     Raises:
       CheckpointSaveError: this save, or the previous asynchronous one, failed.
       TypeError: ``extra_json`` is not JSON-serialisable (checked here, not in the writer).
+      ValueError: ``extra_json`` has the key ``state_checksums`` (where the checksums of
+        ``state``, computed here, are stored).
     """
     meta = dict(extra_json or {})
+    if CHECKSUMS_KEY in meta:
+      raise ValueError(f"extra_json of checkpoint step {step} has the key {CHECKSUMS_KEY!r}, which "
+                       "holds the checksums of the state. Fix: store that under another key.")
     try:
       json.dumps(meta)
     except (TypeError, ValueError) as e:
@@ -159,6 +185,8 @@ class Checkpointer:
       logging.info("Checkpoint step %d already exists in %s; not saving it again.", step,
                    self._directory)
       return False
+    # Before the write: the checksums of what is written, from the arrays on their devices.
+    meta[CHECKSUMS_KEY] = integrity.record(state)
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(
           **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}),
@@ -169,7 +197,27 @@ class Checkpointer:
       self._pending_step = step
       if not self._async_save:
         self._pending_step = None
+        self._empty_trash()
     return saved
+
+  def check_save(self) -> None:
+    """Raises the failure of the background write at once if it has ended in one; returns at
+    once otherwise (it never waits for a write in progress). Call it at step boundaries so a
+    failed asynchronous save stops the run then, not at the next save.
+
+    With several processes it is a collective (the processes agree on whether the write has
+    ended): call it at the same steps on every process, where the loop synchronises anyway.
+
+    Raises:
+      CheckpointSaveError: the background write failed.
+    """
+    if self._pending_step is None:
+      return
+    ended = not self._manager.is_saving_in_progress()
+    if jax.process_count() > 1:
+      ended = _all_processes(ended)
+    if ended:
+      self.wait()  # returns at once: the write has ended
 
   def wait(self) -> None:
     """Blocks until the background write (if any) is committed.
@@ -183,6 +231,7 @@ class Checkpointer:
       step, self._pending_step = self._pending_step, None
       raise self._failed(step, e) from e
     self._pending_step = None
+    self._empty_trash()
 
   def close(self) -> None:
     """Waits for the last write, then releases Orbax's threads. Call it before exiting."""
@@ -222,6 +271,7 @@ class Checkpointer:
       pass  # the failure is being raised already; close() would only raise it again.
     self._manager = self._open(cleanup_tmp=False)
     self._failure = CheckpointSaveError(self._save_failure_message(step, error))
+    orbax_noise.failure_reported()
     return self._failure
 
   def _save_failure_message(self, step: int | None, error: BaseException) -> str:
@@ -244,11 +294,12 @@ class Checkpointer:
         (with a warning) when the latest is corrupt.
 
     Returns:
-      ``(state, extra_json)``.
+      ``(state, extra_json)``, every array verified against the checksums saved with it.
 
     Raises:
       FileNotFoundError: there is no checkpoint.
-      CheckpointRestoreError: the requested step, or every step, cannot be read.
+      CheckpointRestoreError: the requested step, or every step, cannot be read or fails its
+        checksums.
     """
     self.wait()
     abstract = jax.tree.map(_abstract, target)
@@ -262,12 +313,11 @@ class Checkpointer:
         raise FileNotFoundError(f"No checkpoint of step {step} in {self._directory}; "
                                 f"available steps: {sorted(steps)}.")
       try:
-        restored = self._manager.restore(step, args=args)
+        return self._verified(step, self._manager.restore(step, args=args))
       except Exception as e:  # pylint: disable=broad-except
         raise CheckpointRestoreError(
             f"Checkpoint step {step} in {self._directory} cannot be restored: "
             f"{type(e).__name__}: {e}") from e
-      return restored[STATE_ITEM], dict(restored[META_ITEM] or {})
 
     failed: list[tuple[int, Exception]] = []
     for candidate in steps:
@@ -277,13 +327,19 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         error = e
       # Every process reads only its own shards, so a corrupt file may fail on some processes
-      # only: all must agree on the step, or they would resume from different states.
+      # only: all must agree on the step, or they would resume from different states. The
+      # checksums are computed by all processes together, so only once all have read the step.
       if _all_processes(error is None):
-        if failed:
-          self._quarantine([s for s, _ in failed])
-          logging.warning("Restored checkpoint step %d instead of the corrupt step(s) %s.",
-                          candidate, [s for s, _ in failed])
-        return restored[STATE_ITEM], dict(restored[META_ITEM] or {})
+        try:
+          result = self._verified(candidate, restored)
+        except integrity.CheckpointIntegrityError as e:
+          error = e
+        if _all_processes(error is None):
+          if failed:
+            self._quarantine([s for s, _ in failed])
+            logging.warning("Restored checkpoint step %d instead of the corrupt step(s) %s.",
+                            candidate, [s for s, _ in failed])
+          return result
       error = error or RuntimeError("unreadable on another process")
       logging.warning("Checkpoint step %d in %s cannot be restored (%s: %s); trying the "
                       "previous one.", candidate, self._directory, type(error).__name__,
@@ -295,22 +351,75 @@ class Checkpointer:
         f"latest (step {latest_step}) failed with {type(latest_error).__name__}: {latest_error}"
     ) from latest_error
 
+  def _verified(self, step: int, restored: Any) -> tuple[Any, dict[str, Any]]:
+    """``(state, extra_json)`` of a restored step, its arrays checked against their checksums.
+
+    Raises:
+      integrity.CheckpointIntegrityError: an array differs from its checksum.
+    """
+    meta = dict(restored[META_ITEM] or {})
+    stored = meta.pop(CHECKSUMS_KEY, None)
+    where = f"Checkpoint step {step} in {self._directory}"
+    if not integrity.verify(restored[STATE_ITEM], stored, where):
+      logging.warning("%s has no checksums (written before relic checksummed checkpoints): "
+                      "restored, not verified.", where)
+    return restored[STATE_ITEM], meta
+
+  def _move_aside(self, step: int) -> epath.Path:
+    """Moves step directory ``step`` to ``WORKDIR/checkpoints_corrupt/`` (kept for inspection,
+    never deleted); process 0 only."""
+    target_root = self._workdir / CORRUPT_DIR
+    target_root.mkdir(parents=True, exist_ok=True)
+    target = target_root / str(step)
+    suffix = 1
+    while target.exists():
+      target = target_root / f"{step}.{suffix}"
+      suffix += 1
+    (self._directory / str(step)).rename(target)
+    return target
+
   def _quarantine(self, steps: list[int]) -> None:
-    """Moves unreadable committed steps out of the way (kept for inspection, not deleted), so
-    the resumed run lists the good step as the latest and can save the same step numbers."""
+    """Moves unreadable committed steps out of the way, so the resumed run lists the good step
+    as the latest and can save the same step numbers."""
     if jax.process_index() == 0:
-      target_root = self._workdir / CORRUPT_DIR
-      target_root.mkdir(parents=True, exist_ok=True)
       for step in steps:
-        source = self._directory / str(step)
-        target = target_root / str(step)
-        suffix = 1
-        while target.exists():
-          target = target_root / f"{step}.{suffix}"
-          suffix += 1
-        source.rename(target)
-        logging.warning("Moved unreadable checkpoint %s to %s.", source, target)
+        target = self._move_aside(step)
+        logging.warning("Moved unreadable checkpoint %s to %s.", self._directory / str(step),
+                        target)
     if jax.process_count() > 1:
       ocp.multihost.sync_global_processes("relic_checkpoint_quarantine")
     self._manager.close()
     self._manager = self._open(cleanup_tmp=False)
+
+  def _set_aside_incomplete_steps(self) -> None:
+    """Before Orbax lists the steps: moves step directories without Orbax's commit marker aside
+    (Orbax lists any directory with a step's name on a local disk) and finishes interrupted
+    deletions."""
+    if jax.process_index() == 0 and self._directory.is_dir():
+      self._empty_trash()
+      for path in sorted(self._directory.iterdir()):
+        if not (STEP_NAME.fullmatch(path.name) and path.is_dir()):
+          continue
+        reason = incomplete_reason(path)
+        if reason:
+          target = self._move_aside(int(path.name))
+          logging.warning(
+              "Checkpoint step %s in %s is incomplete (%s): its save or the deletion of an old "
+              "checkpoint was interrupted. Moved it to %s; it is never restored.", path.name,
+              self._directory, reason, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("relic_checkpoint_incomplete_steps")
+
+  def _empty_trash(self) -> None:
+    """Removes the steps Orbax's retention renamed into ``checkpoints/deleting/``; process 0
+    only, as Orbax's deletion. A kill here leaves only that directory, which no listing reads and
+    the next :class:`Checkpointer` empties."""
+    trash = self._directory / DELETING_DIR
+    if jax.process_index() != 0 or not trash.exists():
+      return
+    try:
+      trash.rmtree()
+    except OSError as e:
+      logging.warning("Cannot remove the deleted checkpoints in %s (%s: %s); they take disk "
+                      "space until a later run removes them. Fix: check the directory's "
+                      "permissions.", trash, type(e).__name__, e)
