@@ -77,7 +77,7 @@ setup(
         # ablation script plots with matplotlib; tfds's builders (the VOC2007 tests prepare
         # voc/2007 from a tiny devkit) need importlib_resources; the safetensors export and its
         # timm check need safetensors and timm.
-        "test": ["pytest", "ruff", "dm-haiku==0.0.17", "torch==2.14.1",
+        "test": ["pytest", "pytest-xdist==3.8.0", "ruff", "dm-haiku==0.0.17", "torch==2.14.1",
                  "torchvision==0.29.1", "safetensors==0.8.0", "timm==1.0.31", "scikit-image",
                  "matplotlib", "importlib_resources"],
         "experiments": ["matplotlib"],
