@@ -3,8 +3,10 @@
 ``--config`` names a shipped config (``quickstart``, ``resnet50:epochs=300``; ``relic --help``
 lists them) or a config file; ``--config.a.b=value`` overrides any field. Starts JAX's
 distributed runtime when several processes take part, checks the config, the data and the
-pretrained encoder before any compute (and before TensorFlow is imported), writes the config
-into the workdir and runs the job named by ``config.job``; a finished run prints its results.
+pretrained encoder before any compute (and before TensorFlow is imported), refuses to continue
+another run's workdir before anything is written there (:func:`relic.resume_check.check_workdir`),
+writes the config into the workdir and runs the job named by ``config.job``; a finished run
+prints its results.
 
 Every user error (a config file that is missing or does not load, a misspelled or mistyped
 override, a value the checks refuse, missing data or a missing pretrained encoder, a missing
@@ -49,13 +51,15 @@ def run(config, workdir: str, *, defaults: ml_collections.ConfigDict | None = No
   """Checks ``config`` and runs its job in ``workdir`` (also usable from Python); a run that
   finished already prints its results instead. ``defaults``: what the start-up log compares the
   config with (the config file's own values; None: ``base_config()``)."""
-  from relic import checkpoints  # pylint: disable=import-outside-toplevel
+  from relic import checkpoints, resume_check  # pylint: disable=import-outside-toplevel
 
   job = check(config)
   distributed.hide_accelerators_from_tensorflow()  # TensorFlow may load from here on
   distributed.log_devices()
   if _finished(config, workdir):
     return
+  # Before the first write to the workdir: a refused run leaves it as it found it.
+  resume_check.check_workdir(config, workdir)
   checkpoints.write_config(config, workdir)
   logging.info("%s", startup_summary(config, workdir, defaults))
   job.run(config, workdir)

@@ -1,5 +1,13 @@
 """Which config changes a resumed run accepts: the experiment-defining fields must match the
-checkpoint's, everything else (cadences, paths, threads, evaluation settings) may change."""
+checkpoint's, everything else (cadences, paths, threads, evaluation settings) may change.
+
+Checked twice. At start-up, before anything is written to the workdir (:func:`check_workdir`,
+from the config alone; the reference is the workdir's ``config.json``, or the newest
+checkpoint's own saved config when that file is missing). Then by the training loop, on the
+checkpoint it is about to restore, before it restores or writes anything (the job's
+``check_resume``, which also compares what only the run knows: the schedule the data gives, the
+pretrained encoder's fingerprint, the rate).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,12 @@ import fnmatch
 from typing import Any, Mapping
 
 import ml_collections
+import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import traverse_util
 
-from relic.checkpoints import config_to_json
+from relic.checkpoints import config_to_json, layout
 from relic.errors import ConfigError
 
 # Fields that define the experiment. Resuming with a different value would continue a run that
@@ -49,6 +59,9 @@ DATA_FIELDS_THAT_MAY_CHANGE = ("data.data_dir", "data.path", "data.mask_path", "
                                "data.expected_train_examples")
 # What identifies an evaluation run's data (check_run_resume); not data.path or data.data_dir.
 RUN_DATA_FIELDS = ("data.source", "data.dataset", "data.train_split")
+# The key, in the JSON saved with an evaluation run's checkpoints, of the fields that define the
+# run (run_fields): what the start-up check of a rerun compares before anything is written.
+RUN_FIELDS_KEY = "run_fields"
 # Everything else may change on resume: logging / evaluation / checkpoint cadence, retention,
 # parameter sharding (train.fsdp: restore re-shards), data paths and reader threads, NaN
 # policy, kNN settings, the sections of other jobs.
@@ -120,22 +133,92 @@ def check_schedule(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> N
         f"{keep} to count epochs of the saved size), or start a new run in a new --workdir.")
 
 
-def check_run_resume(meta: Mapping[str, Any], config, info: Mapping[str, Any], base_lr: float,
-                     section: str, fields: tuple[str, ...]) -> None:
-  """For evaluation runs that train a pretrained encoder (fine-tuning, segmentation): refuses to
-  resume a run directory written by a different run, i.e. other ``config.<section>.<fields>``,
-  other data (:data:`RUN_DATA_FIELDS`; its paths may change), another base rate or another
-  pretrained encoder (``info['fingerprint']``)."""
-  saved = traverse_util.flatten_dict(meta.get("config") or {}, sep=".")
+def run_fields(section: str, fields: tuple[str, ...]) -> list[str]:
+  """The dotted config fields that define an evaluation run: the job, ``config.<section>``'s
+  ``fields`` and the data (:data:`RUN_DATA_FIELDS`)."""
+  return ["job"] + [f"{section}.{f}" for f in fields] + list(RUN_DATA_FIELDS)
+
+
+def _run_differences(saved_config: Mapping[str, Any] | None, config, names) -> list[str]:
+  """``'FIELD: saved X, now Y'`` for every field of ``names`` that both configs have and that
+  differs."""
+  saved = traverse_util.flatten_dict(dict(saved_config or {}), sep=".")
   now = traverse_util.flatten_dict(config_to_json(config), sep=".")
-  names = [f"{section}.{f}" for f in fields] + list(RUN_DATA_FIELDS)
-  different = [f"{f}: saved {saved[f]!r}, now {now[f]!r}" for f in names
-               if f in saved and saved[f] != now[f]]
-  if meta.get("base_lr") not in (None, base_lr):
-    different.append(f"base rate: saved {meta.get('base_lr')}, now {base_lr}")
-  if meta.get("fingerprint") not in (None, info["fingerprint"]):
-    different.append("the encoder at config.pretrained is not the one this run started from")
+  return [f"{f}: saved {saved[f]!r}, now {now[f]!r}" for f in names
+          if f in saved and f in now and saved[f] != now[f]]
+
+
+def _refuse_run(section: str, different: list[str]) -> None:
   if different:
     raise ConfigError(f"the run directory holds a different {section} run; refusing to resume "
                       "because:\n  " + "\n  ".join(different) + "\nFix: use a new --workdir, "
                       "or resume with the saved settings.")
+
+
+def check_run_resume(meta: Mapping[str, Any], config, info: Mapping[str, Any], base_lr: float,
+                     section: str, fields: tuple[str, ...]) -> None:
+  """For evaluation runs that train a pretrained encoder (fine-tuning, segmentation): refuses to
+  resume a run directory written by a different run, i.e. another job, other
+  ``config.<section>.<fields>``, other data (:data:`RUN_DATA_FIELDS`; its paths may change),
+  another base rate or another pretrained encoder (``info['fingerprint']``)."""
+  different = _run_differences(meta.get("config"), config, run_fields(section, fields))
+  if meta.get("base_lr") not in (None, base_lr):
+    different.append(f"base rate: saved {meta.get('base_lr')}, now {base_lr}")
+  if meta.get("fingerprint") not in (None, info["fingerprint"]):
+    different.append("the encoder at config.pretrained is not the one this run started from")
+  _refuse_run(section, different)
+
+
+def checkpoint_meta(workdir: str | epath.PathLike) -> tuple[int, dict[str, Any]] | None:
+  """``(step, saved JSON)`` of the newest checkpoint of ``workdir`` whose JSON can be read, or
+  None when the workdir holds no checkpoint. Reads nothing else (no array) and writes nothing:
+  what a resume check needs before the state is restored."""
+  try:
+    found = layout.step_dirs(workdir)
+  except FileNotFoundError:
+    return None
+  for step_dir in found:
+    try:
+      return int(step_dir.name), _read_saved_json(step_dir)
+    except Exception as e:  # pylint: disable=broad-except  (the restore skips it too)
+      logging.warning("Resume check: the saved JSON of checkpoint %s cannot be read (%s: %s); "
+                      "trying the previous step.", step_dir, type(e).__name__, e)
+  return None
+
+
+def _read_saved_json(step_dir: epath.Path) -> dict[str, Any]:
+  handler = ocp.JsonCheckpointHandler()
+  try:
+    return dict(handler.restore(step_dir / layout.META_ITEM) or {})
+  finally:
+    handler.close()
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> None:
+  """The start-up resume check: refuses, before anything is written to ``workdir`` (the config
+  record, logs, TensorBoard events, checkpoints), a run that would continue another experiment
+  there. The loop repeats the job's full check on the checkpoint it restores.
+
+  Pretraining compares the experiment-defining fields (:func:`check_resume_compatible`) with
+  the workdir's ``config.json`` or, when that is missing (checkpoints copied without it), with
+  the config saved in the newest checkpoint. Another job refuses a checkpoint of another job
+  and compares the fields its newest checkpoint records as defining the run
+  (:func:`run_fields`); the rate and the encoder are compared by the loop, once the job has
+  resolved them.
+
+  Raises:
+    ConfigError: naming every differing field with its saved and its new value.
+  """
+  found = checkpoint_meta(workdir)
+  meta = found[1] if found is not None else {}
+  if config.job == "pretrain":
+    saved = layout.read_config(workdir)
+    reference = saved if saved is not None else meta.get("config")
+    if reference is not None:
+      check_resume_compatible(reference, config)
+    return
+  saved_job = (meta.get("config") or {}).get("job")
+  if saved_job not in (None, config.job):
+    _refuse_run(str(saved_job), [f"job: saved {saved_job!r}, now {config.job!r}"])
+  _refuse_run(config.job, _run_differences(meta.get("config"), config,
+                                           meta.get(RUN_FIELDS_KEY) or ()))

@@ -16,7 +16,6 @@ from absl import logging
 
 from relic import objectives, optim, parallel, resume_check, schedules
 from relic.checkpoints import orbax_checkpointer as checkpoint
-from relic.checkpoints import layout as workdir_lib
 from relic.data import pipeline
 from relic.errors import ConfigError, Problems
 from relic.evaluators import registry
@@ -127,9 +126,7 @@ def _probe_classes(config) -> int:
 def run(config, workdir: str) -> dict[str, Any]:
   """Pretrains, then runs ``config.evaluators.final`` (results.json); returns the final
   metrics ({} when stopped early: the checkpoint is written and the command resumes)."""
-  saved = workdir_lib.read_config(workdir)
-  if saved is not None:   # refuse another experiment's workdir before any compute
-    resume_check.check_resume_compatible(saved, config)
+  resume_check.check_workdir(config, workdir)   # another experiment's workdir: before any compute
   mesh = parallel.make_mesh()
   process_batch = parallel.check_batch_size(config.train.batch_size, mesh)
   split_size = pipeline.num_examples(config, config.data.train_split)

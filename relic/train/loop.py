@@ -4,10 +4,14 @@ segmentation), as DeepMind BYOL's ``main_loop`` drives every experiment through 
 A job describes its run (:class:`Run`: the initial state, the jitted step, the batches from a
 given step on, the length, the cadence, what makes a checkpoint its own) and :func:`train`
 owns everything around the step, once, for all of them:
-  * restore of the newest readable checkpoint and the job's resume check, before any step;
+  * the job's resume check on the newest checkpoint's saved config, before anything is read
+    into the state or written to the workdir (a refused run leaves the workdir as it was, and a
+    model of other shapes is refused by name, not by a failed restore); then the restore of the
+    newest readable checkpoint;
   * the cadence: log, evaluate, checkpoint, ``stop_at_step``, all pure functions of the step;
-  * the divergence policy (``stop`` / ``skip`` up to a limit), tracked on the device so the
-    loop synchronises with it only when it logs or saves; a diverged state is never saved;
+  * the divergence policy (``stop`` / ``skip`` up to a limit) over the loss, the gradients and
+    the updated train state, tracked on the device so the loop synchronises with it only when
+    it logs or saves; a state with a NaN/Inf anywhere is never saved;
   * SIGTERM through the preemption guard: checkpoint the current step, return normally;
   * the metrics logger, the checkpointer and the batch stream (with its prefetch thread),
     all closed in one ``finally``, whatever ends the loop.
@@ -24,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from relic import preemption, resume_check
-from relic.train.divergence import Divergence
+from relic.train.divergence import Divergence, check_saveable
 from relic.checkpoints import Checkpointer, config_to_json
 
 
@@ -45,10 +49,11 @@ class Run:
   ``(state, batch) -> (state, metrics)`` wrapped by :func:`relic.train.divergence.guarded`,
   ``batches(start_step)`` (an iterator from that step on; closed at the end when it can be),
   the length and examples per step, the JSON ``meta`` saved with every checkpoint and
-  ``check_resume(meta)`` (raises ConfigError for another run's checkpoint), the cadence (the
-  last step always logs and saves; ``stop_at_step`` > 0 saves and stops there), retention, the
-  divergence policy, ``periodic`` evaluations and ``log_metrics`` (host metrics -> the scalars
-  to log; default: all but 'finite'). ``images(state, batch)``, when given, runs on every
+  ``check_resume(meta)`` (raises ConfigError for another run's checkpoint; it is given the
+  saved ``meta`` before the state is restored), the cadence (the last step always logs and
+  saves; ``stop_at_step`` > 0 saves and stops there), retention, the divergence policy,
+  ``periodic`` evaluations and ``log_metrics`` (host metrics -> the scalars to log; default:
+  all but 'finite'). ``images(state, batch)``, when given, runs on every
   process before the first step of a run that starts at step 0, and the images it returns go
   to TensorBoard at step 0. The loop writes ``meta['config']`` as TensorBoard hparams."""
   name: str
@@ -98,10 +103,14 @@ def encoder_run(config, section: str, info: Mapping[str, Any], base_lr: float | 
                 resume_fields: tuple[str, ...], **fields) -> Run:
   """:func:`job_run` for a run that trains on a pretrained encoder (linear probe, fine-tuning,
   segmentation): its checkpoints name the encoder (``info['fingerprint']``) and the rate, and
-  a rerun resumes only the same run (``config.<section>.<resume_fields>``, rate, encoder)."""
+  a rerun resumes only the same run (``config.<section>.<resume_fields>``, rate, encoder).
+  The checkpoints also record those fields, so that the start-up check of a rerun
+  (:func:`relic.resume_check.check_workdir`) refuses another run before anything is written."""
   return job_run(
       config, section, meta={"config": config_to_json(config),
-                             "fingerprint": info["fingerprint"], "base_lr": base_lr},
+                             "fingerprint": info["fingerprint"], "base_lr": base_lr,
+                             resume_check.RUN_FIELDS_KEY: resume_check.run_fields(
+                                 section, resume_fields)},
       check_resume=lambda meta: resume_check.check_run_resume(meta, config, info, base_lr,
                                                               section, resume_fields),
       **fields)
@@ -122,18 +131,25 @@ def train(run: Run) -> Outcome:
 
   Raises:
     DivergenceError: non-finite steps beyond the policy (the last good checkpoint is kept).
-    ConfigError: the workdir's checkpoint belongs to another run (from ``check_resume``).
+    ConfigError: the workdir's checkpoint belongs to another run (from ``check_resume``);
+      nothing was written to the workdir.
     CheckpointSaveError: a save failed (earlier checkpoints are untouched).
   """
+  # Before the checkpointer opens (it tidies the checkpoint directory) and before the restore
+  # (a checkpoint of other shapes would fail there with the restore's error, not the field's).
+  checked = resume_check.checkpoint_meta(run.workdir)
+  if checked is not None:
+    run.check_resume(checked[1])
   with contextlib.ExitStack() as cleanup:
     ckpt = cleanup.enter_context(Checkpointer(run.workdir, keep=run.keep_checkpoints,
                                               keep_every_steps=run.keep_every_steps))
     state, start = run.state, 0
     if ckpt.latest_step() is not None:
       tree, meta = ckpt.restore(state.to_dict())
-      run.check_resume(meta)
       state = state.replace_from_dict(tree)
       start = int(state.step)
+      if checked is None or checked[0] != start:   # an older step replaced an unreadable one
+        run.check_resume(meta)
       logging.info("%s: resumed from checkpoint step %d/%d in %s.", run.name, start,
                    run.total_steps, ckpt.directory)
     if start >= run.total_steps:
@@ -164,14 +180,17 @@ def train(run: Run) -> Outcome:
       done = step + 1
       is_last = done == run.total_steps
       if done % max(run.log_every_steps, 1) == 0 or is_last:
-        divergence.check(last_good)
+        # A background save that failed is reported here, before last_good can be named.
+        ckpt.check_save()
+        divergence.check(last_good, state)
         logger.write(done, log_metrics(jax.device_get(metrics)))
       for periodic in run.periodic:
         if periodic.every_steps and (done % periodic.every_steps == 0 or is_last):
           logger.write(done, periodic.run(state, done), prefix=periodic.prefix)
       stop = guard.should_stop(done) or done == run.stop_at_step
       if done % max(run.checkpoint_every_steps, 1) == 0 or is_last or stop:
-        divergence.check(last_good)  # never checkpoint a diverged state
+        divergence.check(last_good, state)  # never checkpoint a diverged state ...
+        check_saveable(run.name, state, done, last_good)  # ... whatever the step reported
         ckpt.save(done, state.to_dict(), extra_json=run.meta)
         last_good = done
       if stop:
