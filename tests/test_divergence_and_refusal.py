@@ -121,6 +121,17 @@ def digest(root) -> dict[str, str]:
           for p in sorted(root.rglob("*"))}
 
 
+def run_with_overflows(config, workdir, module, factory: str, overflows) -> dict[int, bool]:
+  """Runs the job with ``module.factory``'s step overflowing as ``overflows`` says; returns the
+  loop's finite flag of every step."""
+  with pytest.MonkeyPatch.context() as patch:
+    flags = recording_divergence(patch)
+    make = getattr(module, factory)
+    patch.setattr(module, factory, lambda *a, **k: overflow_at(overflows)(make(*a, **k)))
+    main.run(config, str(workdir))
+  return flags
+
+
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory):
   """The pretraining of record: overflows in four parts of the state (PRETRAIN_OVERFLOWS) under
@@ -128,12 +139,7 @@ def pretrained_run(tmp_path_factory):
   finite flag of every step."""
   workdir = tmp_path_factory.mktemp("pretrained")
   config = pretrain_config(**{"train.nan_policy": "skip", "train.max_skipped_steps": 4})
-  with pytest.MonkeyPatch.context() as patch:
-    flags = recording_divergence(patch)
-    make = pretrain.make_pretrain_step
-    patch.setattr(pretrain, "make_pretrain_step",
-                  lambda *a, **k: overflow_at(PRETRAIN_OVERFLOWS)(make(*a, **k)))
-    main.run(config, str(workdir))
+  flags = run_with_overflows(config, workdir, pretrain, "make_pretrain_step", PRETRAIN_OVERFLOWS)
   return workdir, config, flags
 
 
@@ -145,12 +151,7 @@ def finetuned_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("finetuned")
   config = finetune_config(encoder)
   config.train.update(dict(nan_policy="skip", max_skipped_steps=3))
-  with pytest.MonkeyPatch.context() as patch:
-    flags = recording_divergence(patch)
-    make = finetune_step.make_train_step
-    patch.setattr(finetune_step, "make_train_step",
-                  lambda *a, **k: overflow_at(FINETUNE_OVERFLOWS)(make(*a, **k)))
-    main.run(config, str(workdir))
+  flags = run_with_overflows(config, workdir, finetune_step, "make_train_step", FINETUNE_OVERFLOWS)
   return workdir, config, flags
 
 
