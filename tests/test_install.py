@@ -16,14 +16,17 @@ import sys
 
 import pytest
 
+from tests.conftest import USER_ENV_DROPS
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = ["setup.py", "README.md", "requirements.txt", "LICENSE", "CITATION.cff", "relic",
            "configs"]
 
 
 def clean_env(**extra) -> dict[str, str]:
-  """This process's environment without what points at the checkout or simulates devices."""
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  """This process's environment without what points at the checkout or is set for the suite
+  only (simulated devices, XLA's optimisation off)."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and k not in USER_ENV_DROPS}
   return {**env, "JAX_PLATFORMS": "cpu", "PIP_NO_CACHE_DIR": "1",
           "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
 
