@@ -157,20 +157,21 @@ def finetuned_run(tmp_path_factory):
 
 # --- A non-finite state is never saved ---------------------------------------------------------
 
-def test_pretraining_skips_every_step_whose_state_overflowed(pretrained_run):
-  workdir, _, flags = pretrained_run
-  assert flags == {step: step not in PRETRAIN_OVERFLOWS for step in range(NUM_STEPS)}
+def assert_overflowed_steps_skipped_and_never_saved(run, overflows):
+  """Exactly the steps whose state overflowed were flagged; every step was saved, all finite."""
+  workdir, _, flags = run
+  assert flags == {step: step not in overflows for step in range(NUM_STEPS)}
   assert saved_steps(workdir) == list(range(1, NUM_STEPS + 1))
   for step in saved_steps(workdir):
     assert non_finite_parts(workdir, step) == [], step
+
+
+def test_pretraining_skips_every_step_whose_state_overflowed(pretrained_run):
+  assert_overflowed_steps_skipped_and_never_saved(pretrained_run, PRETRAIN_OVERFLOWS)
 
 
 def test_finetuning_skips_every_step_whose_state_overflowed(finetuned_run):
-  workdir, _, flags = finetuned_run
-  assert flags == {step: step not in FINETUNE_OVERFLOWS for step in range(NUM_STEPS)}
-  assert saved_steps(workdir) == list(range(1, NUM_STEPS + 1))
-  for step in saved_steps(workdir):
-    assert non_finite_parts(workdir, step) == [], step
+  assert_overflowed_steps_skipped_and_never_saved(finetuned_run, FINETUNE_OVERFLOWS)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
