@@ -27,9 +27,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # XLA's backend optimisation off for the suite's programs (JAX's own switch: LLVM level 0, no
 # expensive passes): they are tiny and run a few steps, so compiling them is most of their cost,
-# and the switch halves it. The same computation, so every comparison a test makes holds as
-# before; what users run is tested as shipped by the tests that start a job the way a user does
-# (the quickstart, the installed package), which drop it (``USER_ENV_DROPS``).
+# and the switch cuts that by about a third (a 6-step pretraining run: 41 s -> 28 s of
+# compiling). The same computation, so every comparison a test makes holds as before; what users
+# run is tested as shipped by the tests that start a job the way a user does (the quickstart, the
+# installed package), which drop it (``USER_ENV_DROPS``).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 USER_ENV_DROPS = ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS")
 
@@ -69,4 +70,3 @@ def synchronous_checkpoints(monkeypatch):
     return ckpt
 
   monkeypatch.setattr(loop, "Checkpointer", synchronous)
-
