@@ -81,6 +81,8 @@ setup(
                  "torchvision==0.29.1", "safetensors==0.8.0", "timm==1.0.31", "scikit-image",
                  "matplotlib", "importlib_resources"],
         "experiments": ["matplotlib"],
+        # experiments/peers/: the same recipe in PyTorch with lightly, next to relic.
+        "peers": ["torch==2.14.1", "torchvision==0.29.1", "lightly==1.6.0"],
     },
     entry_points={"console_scripts": ["relic=relic.main:cli"]},
 )

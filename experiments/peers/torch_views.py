@@ -11,6 +11,7 @@ rounding (tests/test_peers.py). What differs and stays different: the random num
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -52,13 +53,25 @@ def random_resized_crop_box(u: np.ndarray, height: int, width: int, min_scale: f
   return int(top), int(left), int(crop_h), int(crop_w)
 
 
+@functools.lru_cache(maxsize=None)
+def resize_matrix(length: int, size: int) -> np.ndarray:
+  """(size, length): torch's bicubic resize of a 1-D signal of ``length`` samples to ``size``
+  (align_corners False, no antialiasing), as a matrix: the resize applied to the identity."""
+  identity = torch.eye(length).reshape(length, 1, 1, length)
+  return F.interpolate(identity, size=(1, size), mode="bicubic",
+                       align_corners=False).reshape(length, size).T.numpy().copy()
+
+
 def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-  """(H, W, 3) uint8 -> (3, size, size) uint8: the box, bicubic, rounded as relic stores views."""
+  """(H, W, 3) uint8 -> (3, size, size) uint8: the box, bicubic, rounded as relic stores views.
+
+  ``F.interpolate(mode='bicubic')``'s values, computed as two small matrix products (the resize
+  is separable and linear), several times faster than the call on a tiny image."""
   top, left, crop_h, crop_w = box
-  patch = torch.from_numpy(np.array(image[top:top + crop_h, left:left + crop_w]))
-  patch = patch.permute(2, 0, 1)[None].float()
-  out = F.interpolate(patch, size=(size, size), mode="bicubic", align_corners=False)
-  return out[0].clamp(0, 255).round().to(torch.uint8)
+  patch = np.asarray(image[top:top + crop_h, left:left + crop_w], np.float32)
+  rows = resize_matrix(crop_h, size) @ patch.reshape(crop_h, crop_w * 3)     # (size, w * 3)
+  out = rows.reshape(size, crop_w, 3).transpose(2, 0, 1) @ resize_matrix(crop_w, size).T
+  return torch.from_numpy(np.round(np.clip(out, 0, 255)).astype(np.uint8))
 
 
 def photometric(views: torch.Tensor, u: torch.Tensor, presets: str,
@@ -83,17 +96,21 @@ def _column(value: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, p: dict, u: torch.Tensor) -> torch.Tensor:
-  """Brightness, contrast, saturation and hue in each view's random order, clipping after each."""
-  ops = (lambda y: y + _column(p["brightness"]),
-         lambda y: adjust_contrast(y, p["contrast"]),
-         lambda y: adjust_saturation(y, p["saturation"]),
-         lambda y: adjust_hue(y, p["hue"]))
+  """Brightness, contrast, saturation and hue in each view's random order, clipping after each.
+
+  Each slot applies each op only to the views that drew it there (4 op evaluations per view,
+  not 16)."""
+  ops = (lambda y, i: y + _column(p["brightness"][i]),
+         lambda y, i: adjust_contrast(y, p["contrast"][i]),
+         lambda y, i: adjust_saturation(y, p["saturation"][i]),
+         lambda y, i: adjust_hue(y, p["hue"][i]))
   order = torch.argsort(u[:, spec.ORDER:spec.ORDER + len(ops)], dim=1)
+  x = x.clone()
   for slot in range(len(ops)):
-    out = x
     for index, op in enumerate(ops):
-      out = torch.where(_column(order[:, slot] == index), op(x), out)
-    x = out.clamp(0.0, 1.0)
+      chosen = torch.nonzero(order[:, slot] == index).flatten()
+      if len(chosen):
+        x[chosen] = op(x[chosen], chosen).clamp(0.0, 1.0)
   return x
 
 
