@@ -141,7 +141,17 @@ def adamw(nets: dict[str, nn.Module], config) -> torch.optim.AdamW:
       lr=recipe.peak_learning_rate(config), betas=(0.9, 0.999), eps=1e-8)
 
 
-def train(config, data: pathlib.Path, out: pathlib.Path, workers: int = 1) -> dict:
+def fake_batches(config, num_steps: int):
+  """One fixed batch of random augmented views, ``num_steps`` times: the step without the input
+  pipeline (as relic's ``data.fake``), for the profile."""
+  large = config.data.views.large
+  views = torch.rand(int(large.num), int(config.train.batch_size), 3, int(large.size),
+                     int(large.size))
+  return (views for _ in range(num_steps))
+
+
+def train(config, data: pathlib.Path, out: pathlib.Path, workers: int = 1,
+          fake: bool = False) -> dict:
   from lightly.models.utils import update_momentum  # pylint: disable=import-outside-toplevel
   from lightly.utils.scheduler import cosine_schedule  # pylint: disable=import-outside-toplevel
 
@@ -159,7 +169,7 @@ def train(config, data: pathlib.Path, out: pathlib.Path, workers: int = 1) -> di
   schedule = torch.optim.lr_scheduler.LambdaLR(
       optimizer, lambda k: recipe.learning_rate(k, peak, total, warmup) / peak)
   loss_fn = make_loss(config)
-  loader = torch.utils.data.DataLoader(
+  loader = fake_batches(config, total) if fake else torch.utils.data.DataLoader(
       ViewStream(files, config, total), batch_size=int(config.train.batch_size), shuffle=False,
       num_workers=workers, collate_fn=Collate(config), persistent_workers=False,
       prefetch_factor=4 if workers else None)
@@ -204,7 +214,7 @@ def train(config, data: pathlib.Path, out: pathlib.Path, workers: int = 1) -> di
                               if timed_steps > 0 else None),
                 train_seconds=finished - started, final_loss=float(np.mean(losses[-20:])),
                 torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                dataloader_workers=workers)
+                dataloader_workers=0 if fake else workers, fake_data=fake)
   (out / "train.json").write_text(json.dumps(result, indent=1))
   return result
 
@@ -216,13 +226,15 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", required=True)
   parser.add_argument("--workers", type=int, default=WORKERS, help="DataLoader worker processes")
+  parser.add_argument("--fake", action="store_true",
+                      help="random views in memory, no input pipeline (the step alone)")
   parser.add_argument("--override", action="append", default=[],
                       help="KEY=VALUE of the recipe's config, e.g. train.num_steps=40")
   args = parser.parse_args(argv)
   config = recipe.peer_config(args.objective, args.data, args.seed,
                               **recipe.parse_overrides(args.override))
   print(json.dumps(train(config, pathlib.Path(args.data), pathlib.Path(args.out),
-                         workers=args.workers)))
+                         workers=args.workers, fake=args.fake)))
 
 
 if __name__ == "__main__":
