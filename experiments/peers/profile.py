@@ -36,7 +36,8 @@ def measure(library: str, objective: str, fake: bool, args) -> dict:
   run_dir.mkdir(parents=True)
   extra = [f"train.num_steps={args.steps}"]
   if fake and library == "relic":
-    extra.append("data.fake=True")
+    # Fake data counts as ImageNet-sized; epochs (the warm-up's) count the folder's examples.
+    extra += ["data.fake=True", f"train.num_train_examples={args.examples}"]
   command = run.train_command(library, objective, args.data, 0, run_dir, extra)
   if fake and library == "lightly":
     command.append("--fake")
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", default="experiments/results/peers")
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--objectives", default="simclr,byol")
+  parser.add_argument("--examples", type=int, default=50_000,
+                      help="training examples of --data (CIFAR-10: 50,000), for relic's fake runs")
   args = parser.parse_args(argv)
   args.data = os.path.abspath(args.data)
   results = [measure(library, objective, fake, args)
