@@ -35,7 +35,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # setting measured (SimCLR, 150 steps, AMD EPYC Zen 4: 426 images/s with 1 worker, 368 with 2,
 # 419 with none).
 WORKERS = 1
-TIMED_FROM_STEP = 20   # images/s over the steps after this one (start-up and warm-up excluded)
 
 
 def list_images(split_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -197,7 +196,7 @@ def train(config, data: pathlib.Path, out: pathlib.Path, workers: int = 1,
       for name, target in targets.items():
         update_momentum(nets[name], target, m=rate)
     losses.append(loss.item())
-    if step + 1 == TIMED_FROM_STEP:
+    if step + 1 == recipe.TIMED_FROM_STEP:
       timed_from = time.perf_counter()
     if (step + 1) % int(config.train.log_every_steps) == 0:
       print(json.dumps({"step": step + 1, "loss": round(float(np.mean(losses[-20:])), 4)}),
@@ -207,7 +206,7 @@ def train(config, data: pathlib.Path, out: pathlib.Path, workers: int = 1,
     raise FloatingPointError(f"The loss is {losses[-1]} at the last step.")
   out.mkdir(parents=True, exist_ok=True)
   torch.save(nets["backbone"].state_dict(), out / "backbone.pth")
-  timed_steps = total - TIMED_FROM_STEP
+  timed_steps = total - recipe.TIMED_FROM_STEP
   result = dict(library="lightly", objective=config.loss.objective, seed=int(config.seed),
                 steps=total, batch_size=int(config.train.batch_size),
                 images_per_s=(timed_steps * int(config.train.batch_size) / (finished - timed_from)

@@ -19,9 +19,7 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
-import time
 
 from experiments import machine
 from experiments.peers import recipe, run
@@ -41,19 +39,10 @@ def measure(library: str, objective: str, fake: bool, args) -> dict:
   command = run.train_command(library, objective, args.data, 0, run_dir, extra)
   if fake and library == "lightly":
     command.append("--fake")
-  started = time.perf_counter()
-  with open(run_dir / "log.txt", "w") as log:
-    proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
-                          cwd=recipe.ROOT)
-  seconds = time.perf_counter() - started
-  if proc.returncode:
-    raise RuntimeError(f"{library} {objective} failed (exit {proc.returncode}); see "
-                       f"{run_dir / 'log.txt'}.")
-  workdir = run_dir / "workdir"
+  seconds = run.train_timed(command, run_dir, f"{library} {objective}")
   config = recipe.peer_config(objective, args.data, 0, **{"train.num_steps": args.steps})
   batch = int(config.train.batch_size)
-  speed = (run.relic_images_per_s(workdir, batch, after_step=20) if library == "relic" else
-           json.loads((workdir / "train.json").read_text())["images_per_s"])
+  speed = run.training_speed(library, run_dir / "workdir", batch)
   result = dict(library=library, objective=objective, mode="step alone" if fake else "with data",
                 steps=args.steps, images_per_s=speed, process_seconds=seconds,
                 fixed_seconds=seconds - args.steps * batch / speed)

@@ -97,17 +97,20 @@ def peer_config(objective: str, data_path: str, seed: int, **extra):
   return config
 
 
+# Training images/s count the steps after this one on both sides (start-up and the first,
+# slower steps excluded).
+TIMED_FROM_STEP = 20
+
+
 def num_steps(config, num_train_examples: int) -> int:
-  """relic's length rule: ``train.num_steps`` if set, else ``ceil(epochs * examples / batch)``
-  (relic/schedules.py)."""
-  if config.train.num_steps > 0:
-    return int(config.train.num_steps)
-  return math.ceil(round(config.train.num_epochs * num_train_examples / config.train.batch_size, 6))
+  """Training steps: relic's own rule (relic.schedules), for both sides."""
+  from relic import schedules  # pylint: disable=import-outside-toplevel
+  return schedules.total_steps(config, num_train_examples)
 
 
 def warmup_steps(config, num_train_examples: int) -> int:
-  return math.ceil(round(config.optim.warmup_epochs * num_train_examples
-                         / config.train.batch_size, 6))
+  from relic import schedules  # pylint: disable=import-outside-toplevel
+  return schedules.warmup_steps(config, num_train_examples)
 
 
 def learning_rate(step: int, peak: float, total: int, warmup: int) -> float:

@@ -63,6 +63,25 @@ def train_command(library: str, objective: str, data: str, seed: int, run_dir: p
           + [f"--override={o}" for o in extra])
 
 
+def train_timed(command: list[str], run_dir: pathlib.Path, what: str) -> float:
+  """Runs one training command (output to ``run_dir/log.txt``); its whole-process seconds."""
+  started = time.perf_counter()
+  with open(run_dir / "log.txt", "w") as log:
+    proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
+                          cwd=recipe.ROOT)
+  seconds = time.perf_counter() - started
+  if proc.returncode != 0:
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}); see {run_dir / 'log.txt'}.")
+  return seconds
+
+
+def training_speed(library: str, workdir: pathlib.Path, batch: int) -> float:
+  """Training images/s over the steps after ``recipe.TIMED_FROM_STEP``, as each side logs it."""
+  if library == "relic":
+    return relic_images_per_s(workdir, batch, after_step=recipe.TIMED_FROM_STEP)
+  return json.loads((workdir / "train.json").read_text())["images_per_s"]
+
+
 def run_one(library: str, objective: str, seed: int, args, images: dict) -> dict:
   """Trains (unless run.json exists) and evaluates one (library, objective, seed)."""
   run_dir = pathlib.Path(args.workdir) / library / objective / f"seed{seed}"
@@ -70,23 +89,14 @@ def run_one(library: str, objective: str, seed: int, args, images: dict) -> dict
   if done.exists():
     return json.loads(done.read_text())
   run_dir.mkdir(parents=True, exist_ok=True)
-  started = time.perf_counter()
-  with open(run_dir / "log.txt", "w") as log:
-    proc = subprocess.run(train_command(library, objective, args.data, seed, run_dir,
-                                        args.override),
-                          stdout=log, stderr=subprocess.STDOUT, check=False, cwd=recipe.ROOT)
-  process_seconds = time.perf_counter() - started
-  if proc.returncode != 0:
-    raise RuntimeError(f"{library} {objective} seed {seed} failed (exit {proc.returncode}); "
-                       f"see {run_dir / 'log.txt'}.")
+  process_seconds = train_timed(
+      train_command(library, objective, args.data, seed, run_dir, args.override), run_dir,
+      f"{library} {objective} seed {seed}")
   workdir = run_dir / "workdir"
-  config = recipe.peer_config(objective, args.data, seed, **overrides(args))
-  if library == "relic":
-    speed = relic_images_per_s(workdir, int(config.train.batch_size), after_step=20)
-    model = evaluate.relic_encoder(workdir)
-  else:
-    speed = json.loads((workdir / "train.json").read_text())["images_per_s"]
-    model = evaluate.lightly_encoder(config, workdir)
+  config = recipe.peer_config(objective, args.data, seed, **recipe.parse_overrides(args.override))
+  speed = training_speed(library, workdir, int(config.train.batch_size))
+  model = (evaluate.relic_encoder(workdir) if library == "relic"
+           else evaluate.lightly_encoder(config, workdir))
   scores = evaluate.evaluate(model, images, run_dir / "eval.json")
   result = dict(library=library, objective=objective, seed=seed, images_per_s=speed,
                 process_seconds=process_seconds, **scores)
@@ -99,16 +109,11 @@ def random_init(seed: int, args, images: dict) -> dict:
   path = pathlib.Path(args.workdir) / "random_init" / f"seed{seed}.json"
   if path.exists():
     return json.loads(path.read_text())
-  config = recipe.peer_config("simclr", args.data, seed, **overrides(args))
+  config = recipe.peer_config("simclr", args.data, seed, **recipe.parse_overrides(args.override))
   result = dict(library="-", objective="random init", seed=seed,
                 **evaluate.evaluate(evaluate.random_encoder(config, seed), images, path))
   path.write_text(json.dumps(result, indent=1))
   return result
-
-
-def overrides(args) -> dict[str, object]:
-  """``--override`` values as config entries (the training commands get them as flags)."""
-  return recipe.parse_overrides(args.override)
 
 
 def stats(values: list[float]) -> dict:
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
   if unknown:
     parser.error(f"unknown objectives {unknown}; choose from {list(recipe.OBJECTIVES)}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  config = recipe.peer_config("simclr", args.data, 0, **overrides(args))
+  config = recipe.peer_config("simclr", args.data, 0, **recipe.parse_overrides(args.override))
   cache = pathlib.Path(args.workdir) / "eval_images"
   images = {split: evaluate.eval_images(config, split, cache)
             for split in (config.data.train_split, config.data.eval_split)}
