@@ -382,3 +382,25 @@ def test_multi_process_guard_defers_to_jax_preemption_sync_point(monkeypatch):
     assert signal.getsignal(signal.SIGTERM) == before
     stops = [step for step in range(1, 8) if guard.should_stop(step)]
   assert stops == [5] and calls == list(range(1, 8))
+
+
+def test_one_process_copies_each_array_whole_from_one_device(tmp_path, mesh, monkeypatch):
+  """A replicated array is copied to the host once, not cut into one slice per device (each
+  slice shape a program compiled on the first save); the round trip is unchanged."""
+  from orbax.checkpoint._src.serialization import replica_slices
+  copied = []
+  real = replica_slices.transfer_arrays_to_host
+
+  def spy(arrays, *args, **kwargs):
+    out = real(arrays, *args, **kwargs)
+    copied.extend((a.shape, len(s.replica_slices)) for a, s in zip(arrays, out))
+    return out
+
+  monkeypatch.setattr(replica_slices, "transfer_arrays_to_host", spy)
+  state = {"kernel": jax.device_put(jnp.arange(64.0).reshape(16, 4), replicated(mesh)),
+           "batch": jax.device_put(jnp.arange(16.0).reshape(8, 2), data_sharding(mesh))}
+  with ckpt.Checkpointer(tmp_path, keep=1) as checkpointer:
+    _save(checkpointer, 1, state)
+    restored = checkpointer.restore(_abstract(state))[0]
+  assert sorted(copied) == [((8, 2), 8), ((16, 4), 1)]   # the sharded batch: its 8 shards
+  jax.tree.map(np.testing.assert_array_equal, restored, state)

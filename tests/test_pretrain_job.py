@@ -100,12 +100,12 @@ def test_resume_with_changed_architecture_fails_before_compute(uninterrupted):
 
 def test_more_sampled_negatives_than_the_batch_holds_fails_before_compute(tmp_path):
   config = tiny_config()
-  config.loss.num_negatives = config.train.batch_size   # 64 per anchor, 63 other images
+  config.loss.num_negatives = config.train.batch_size   # 16 per anchor, 15 other images
   with pytest.raises(errors.ConfigError) as err:
     main.run(config, str(tmp_path))
-  assert ("config.loss.num_negatives: 64 sampled negatives per anchor need more than 64 images "
-          "in the global batch, got train.batch_size=64 (63 others)") in str(err.value)
-  assert "Fix: use at most --config.loss.num_negatives=63" in str(err.value)
+  assert ("config.loss.num_negatives: 16 sampled negatives per anchor need more than 16 images "
+          "in the global batch, got train.batch_size=16 (15 others)") in str(err.value)
+  assert "Fix: use at most --config.loss.num_negatives=15" in str(err.value)
   assert not metrics.read_metrics(str(tmp_path))   # nothing ran
   config.loss.num_negatives = config.train.batch_size - 1
   pretrain.validate(config)   # the largest valid count passes

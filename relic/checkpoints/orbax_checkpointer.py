@@ -59,7 +59,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from relic.checkpoints import integrity, orbax_noise
+from relic.checkpoints import host_copy, integrity, orbax_noise
 from relic.checkpoints.layout import (CHECKSUMS_KEY, CORRUPT_DIR, DELETING_DIR, META_ITEM,
                                       STATE_ITEM, STEP_NAME, checkpoint_dir, incomplete_reason)
 
@@ -114,6 +114,7 @@ class Checkpointer:
     self._pending_step: int | None = None
     self._failure: CheckpointSaveError | None = None
     orbax_noise.install()
+    host_copy.install()
     self._set_aside_incomplete_steps()
     self._manager = self._open(cleanup_tmp=True)
 
