@@ -32,7 +32,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from relic import distributed, errors  # noqa: E402
+from relic import compile_cache, distributed, errors  # noqa: E402
 from relic.errors import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -194,6 +194,7 @@ def main(argv) -> None:
       raise ConfigError(f"unexpected arguments {argv[1:]}: relic takes flags only. Fix: write "
                         "them as --NAME=VALUE (relic --help lists the flags).")
     _quiet_checkpoint_library_logs()
+    compile_cache.enable()
     distributed.maybe_initialize()
     run(_CONFIG.value, _WORKDIR.value, defaults=_file_config)
 
