@@ -6,9 +6,10 @@ per replica, so that the hosts holding its replicas write disjoint parts of it. 
 all replicas live on the same host: the split only turns each array into one small device slice
 per device (5,826 slices for the tiny pretraining state on 8 devices, 744 arrays), and each
 slice shape is a program XLA compiles on the process's first save: about 4 s of every short
-run (a 6-step pretraining command: 21-25 s -> 17-19 s on a 2-core AMD EPYC Zen 4). With several
-processes the split is kept for arrays whose slices are large enough to be worth a separate
-write, and small arrays (biases, BatchNorm statistics) are written whole by one replica.
+run (a 6-step pretraining command on 8 simulated devices: 21-25 s -> 17-19 s on a 2-core AMD
+EPYC Zen 4). With several processes the split is kept for arrays whose slices are large enough
+to be worth a separate write, and small arrays (biases, BatchNorm statistics) are written whole
+by one replica.
 
 The files are the same either way (the same tensorstore arrays, written once each).
 """
