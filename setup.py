@@ -32,6 +32,8 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.21,<3",
     "pillow>=10,<14",
     "numpy>=2.0,<3",
+    # JAX needs it to bound the persistent compilation cache (relic/compile_cache.py).
+    "filelock>=3.12,<5",
 ]
 
 

@@ -3,16 +3,18 @@
 A command compiles its programs (the training step, the evaluators) before its first step: 10-12
 s of a short CPU run, minutes for a large model on an accelerator. The same command again (a
 resume after preemption, the next seed of a sweep, a rerun with another evaluation) compiles
-the same programs, so the command line keeps them in ``$RELIC_CACHE/jax`` (default
-``~/.cache/relic/jax``, next to the built-in dataset's cache) and loads them instead.
+the same programs, so the command line keeps them in ``$RELIC_CACHE/jax/CPU_KIND`` (default
+``~/.cache/relic/jax/...``, next to the built-in dataset's cache) and loads them instead.
 
 * Your own setting wins: ``JAX_COMPILATION_CACHE_DIR`` (or ``jax_compilation_cache_dir`` set in
   Python) is left as it is; ``RELIC_COMPILATION_CACHE=off`` turns the default off.
 * The cache is trusted code, like the Python environment (JAX's documentation): it lives in your
   home directory, created readable by you alone; never point it at a directory others can write.
-* It is bounded: JAX drops the least recently used programs beyond :data:`MAX_BYTES`.
-* An entry compiled for another machine (a home directory shared by different CPUs) is
-  refused by XLA and compiled again; the results are the same with or without the cache.
+* It is bounded: JAX drops the least recently used programs beyond :data:`MAX_BYTES` (with the
+  filelock package, which relic requires).
+* One subdirectory per kind of CPU (its instruction-set flags): a home directory shared by
+  machines with different CPUs never hands one of them a program built for the other's
+  instructions. The results are the same with or without the cache.
 
 Only :func:`relic.main.main` (the ``relic`` command) calls :func:`enable`; ``relic.main.run``
 from Python leaves JAX's configuration to the caller.
@@ -20,7 +22,10 @@ from Python leaves JAX's configuration to the caller.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import platform
 
 import jax
 from absl import logging
@@ -29,9 +34,22 @@ MAX_BYTES = 4 << 30
 OFF = "off"
 
 
+def cpu_kind() -> str:
+  """A short name for this machine's instruction set: the architecture and a hash of the CPU
+  flags the kernel reports (where there is no /proc/cpuinfo, only the architecture tells
+  machines apart)."""
+  flags = ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+  except OSError:
+    pass
+  return f"{platform.machine() or 'cpu'}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+
+
 def default_dir() -> str:
   root = os.environ.get("RELIC_CACHE") or os.path.join("~", ".cache", "relic")
-  return os.path.join(os.path.expanduser(root), "jax")
+  return os.path.join(os.path.expanduser(root), "jax", cpu_kind())
 
 
 def enable() -> str | None:
@@ -50,5 +68,8 @@ def enable() -> str | None:
                     path, e)
     return None
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+  # JAX bounds the cache only with filelock (a dependency of relic): without it, JAX would fail
+  # to open a bounded cache, so an environment that lacks it gets an unbounded one.
+  if importlib.util.find_spec("filelock") is not None:
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
   return path

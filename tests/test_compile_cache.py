@@ -20,7 +20,7 @@ def no_cache_chosen(monkeypatch, tmp_path):
   monkeypatch.delenv("RELIC_COMPILATION_CACHE", raising=False)
   jax.config.update("jax_compilation_cache_dir", None)
   compilation_cache.reset_cache()
-  yield tmp_path / "relic_cache" / "jax"
+  yield tmp_path / "relic_cache" / "jax" / compile_cache.cpu_kind()
   jax.config.update("jax_compilation_cache_dir", saved[0])
   jax.config.update("jax_compilation_cache_max_size", saved[1])
   compilation_cache.reset_cache()
@@ -34,6 +34,12 @@ def test_on_by_default_private_bounded_and_filled_by_a_compilation(no_cache_chos
   assert not os.listdir(path)
   jax.jit(lambda x: jnp.tanh(x) * 3.0 + 1.0)(jnp.arange(11.0)).block_until_ready()
   assert os.listdir(path)                                        # the program is kept
+
+
+def test_one_directory_per_kind_of_cpu():
+  kind = compile_cache.cpu_kind()
+  assert kind == compile_cache.cpu_kind() and len(kind.rsplit("-", 1)[1]) == 12
+  assert compile_cache.default_dir().endswith(os.path.join("jax", kind))
 
 
 def test_a_directory_chosen_for_jax_wins(no_cache_chosen, tmp_path):
@@ -67,4 +73,5 @@ def test_the_relic_command_turns_it_on(tmp_path):
        f"--workdir={tmp_path / 'run'}", "--config.train.batch_size=-1"],
       env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2 and "train.batch_size" in result.stderr, result.stderr[-2000:]
-  assert stat.S_IMODE(os.stat(tmp_path / "relic_cache" / "jax").st_mode) == 0o700
+  path = tmp_path / "relic_cache" / "jax" / compile_cache.cpu_kind()
+  assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
