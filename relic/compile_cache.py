@@ -22,6 +22,7 @@ from Python leaves JAX's configuration to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -29,6 +30,8 @@ import platform
 
 import jax
 from absl import logging
+
+from relic.data import builtin
 
 MAX_BYTES = 4 << 30
 OFF = "off"
@@ -39,17 +42,14 @@ def cpu_kind() -> str:
   flags the kernel reports (where there is no /proc/cpuinfo, only the architecture tells
   machines apart)."""
   flags = ""
-  try:
+  with contextlib.suppress(OSError):   # no /proc/cpuinfo (macOS, Windows): the flags stay ""
     with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
       flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-  except OSError:
-    pass
   return f"{platform.machine() or 'cpu'}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
 def default_dir() -> str:
-  root = os.environ.get("RELIC_CACHE") or os.path.join("~", ".cache", "relic")
-  return os.path.join(os.path.expanduser(root), "jax", cpu_kind())
+  return str(builtin.cache_root() / "jax" / cpu_kind())
 
 
 def enable() -> str | None:
